@@ -464,6 +464,17 @@ class _PrefaultedPair:
         self.src = self.dst = None
 
 
+def _readv_prefaulted(cpu, src, region, pair, chunk):
+    """process_vm_readv into already-faulted memory: the copy without the destination faults."""
+    def run():
+        pair.ensure()
+        r = src.regions[region]
+        with Timer(cpu) as t:
+            _readv_into(src.pid, pair.dst, r["addr"], r["size"], chunk)
+        return {"ns": t.ns, "others_s": t.others_s, "steal_s": t.steal_s}
+    return run
+
+
 def _memcpy(cpu, pair):
     def run():
         pair.ensure()
@@ -690,6 +701,9 @@ def build_configs(args, pvm, cpu, dense, sparse, shared, pair, core_dir):
                          note="_native.bench_readv_fresh; time includes munmap"))
         cs.append(Config(d, "memcpy, prefaulted (the limit)", _memcpy(cpu, pair), bytes_moved=dn,
                          note="ctypes.memmove between two prefaulted buffers"))
+        cs.append(Config(d, "ctypes process_vm_readv -> prefaulted",
+                         _readv_prefaulted(cpu, dense, d, pair, args.chunk), bytes_moved=dn,
+                         note="the copy alone, no destination faults"))
         cs.append(Config(d, "memset of a fresh mmap (dest. fault cost)", _fresh_faults(cpu, dn),
                          bytes_moved=dn, note="no copy: the page faults any fresh destination pays"))
         if args.gdb:
