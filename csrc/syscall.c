@@ -1,0 +1,108 @@
+/*
+ * syscall.c - the raw process_vm_mmap call and the checks that decide
+ * whether this kernel has it.
+ *
+ * The 2019 series used x86_64 number 434, which mainline gave to pidfd_open,
+ * so a number is never called blindly: /proc/kallsyms must list the symbol
+ * first, and then the call must refuse arguments only process_vm_mmap
+ * refuses with EINVAL.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "pvmmap.h"
+
+/* Returns the destination address, or -1 with errno. */
+long pvmmap_sys_process_vm_mmap(long nr, pid_t pid, uintptr_t src, size_t len,
+                                uintptr_t dst, unsigned long flags)
+{
+    long ret = syscall(nr, (long)pid, src, len, dst, flags);
+    if (ret == -1 && errno == PVMMAP_KERNEL_ENOTSUPP)
+        errno = EOPNOTSUPP;
+    return ret;
+}
+
+/* Returns the index of the first name listed, or -1 (errno 0: none). */
+int pvmmap_kallsyms_find(const char *const *names, int n)
+{
+    char line[512];
+    FILE *f = fopen("/proc/kallsyms", "re");
+    int found = -1;
+
+    if (!f)
+        return -1;
+    while (found < 0 && fgets(line, sizeof(line), f)) {
+        /* "ffffffff81234560 T __x64_sys_process_vm_mmap\n" (address is
+         * zeros without CAP_SYSLOG, the names are listed all the same) */
+        char *name = strchr(line, ' ');
+        if (!name || !(name = strchr(name + 1, ' ')))
+            continue;
+        name++;
+        name[strcspn(name, " \t\n")] = '\0';
+        for (int i = 0; i < n; i++) {
+            if (strcmp(name, names[i]) == 0) {
+                found = i;
+                break;
+            }
+        }
+    }
+    int err = ferror(f) ? EIO : 0;
+    fclose(f);
+    errno = err;
+    return found;
+}
+
+/* Returns 0 if syscall `nr` refuses what process_vm_mmap must refuse. */
+int pvmmap_probe_native(long nr)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    /* A readable page of our own: valid in every respect but the flags. */
+    static const char probe[1] = {1};
+    uintptr_t src = (uintptr_t)probe & ~(uintptr_t)(page - 1);
+
+    errno = 0;
+    if (syscall(nr, (long)getpid(), src, (size_t)page, 0UL, 0x80UL) != -1
+        || errno != EINVAL)
+        goto no;
+    errno = 0;
+    if (syscall(nr, (long)getpid(), src, 0UL, 0UL, 0UL) != -1 || errno != EINVAL)
+        goto no;
+    return 0;
+no:
+    errno = ENOSYS;
+    return -1;
+}
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+/* Returns 2 (full userfaultfd), 1 (user-mode-only faults) or 0 (none). */
+int pvmmap_uffd_probe(void)
+{
+    int saved = errno;
+    int level = 0;
+    long fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0) {
+        level = 2;
+    } else {
+        int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+        if (dev >= 0) {
+            close(dev);
+            level = 2;
+        } else if ((fd = syscall(SYS_userfaultfd,
+                                 O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)) >= 0) {
+            level = 1;
+        }
+    }
+    if (fd >= 0)
+        close((int)fd);
+    errno = saved;
+    return level;
+}

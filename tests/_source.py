@@ -1,0 +1,104 @@
+"""A source process with a known memory layout, for pvmmap's tests.
+
+Run as `python _source.py SPEC_JSON`.  SPEC is a list of regions:
+  {"name": str, "kind": "anon"|"shared"|"memfd"|"file"|"shm", "size": int,
+   "fill": "pattern"|"none"|[page indexes], "prot": "rw"|"r"|"w"|"none",
+   "seed": int, "path": str (file), "noreserve": bool}
+It prints one JSON line {name: address, ..., "pid": pid}, then serves JSON
+commands on stdin, one per line (write, read, prot, exit), answering each.
+"""
+import ctypes
+import json
+import mmap
+import os
+import struct
+import sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PAGE = mmap.PAGESIZE
+PROTS = {"rw": 3, "r": 1, "w": 2, "none": 0, "rx": 5}
+MAP_NORESERVE = 0x4000
+
+
+_RAMP = bytes(range(256)) * (2 * PAGE // 256)
+
+
+def page_bytes(seed, index):
+    """The content of page `index` of a pattern-filled region: its seed and
+    index, then a byte ramp starting where they say.  Never all zero."""
+    shift = (index * 31 + seed) % 256
+    return struct.pack("<QQ", seed, index) + _RAMP[shift + 16:shift + PAGE]
+
+
+def pattern(size, seed):
+    out = bytearray(size)
+    for index in range(size // PAGE):
+        out[index * PAGE:(index + 1) * PAGE] = page_bytes(seed, index)
+    return bytes(out)
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    addrs, keep = {}, []
+    for r in spec:
+        size, kind = r["size"], r["kind"]
+        fd, flags = -1, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        if r.get("noreserve"):
+            flags |= MAP_NORESERVE
+        if kind == "shared":
+            flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
+        elif kind == "memfd":
+            fd = os.memfd_create(r["name"])
+            os.ftruncate(fd, size)
+            flags = mmap.MAP_SHARED
+        elif kind == "file":
+            fd = os.open(r["path"], os.O_RDWR)
+            flags = mmap.MAP_SHARED if r.get("shared") else mmap.MAP_PRIVATE
+        elif kind == "shm":
+            from multiprocessing import shared_memory
+            shm = shared_memory.SharedMemory(create=True, size=size)
+            keep.append(shm)
+            fd = os.open(f"/dev/shm/{shm.name}", os.O_RDWR)
+            flags = mmap.MAP_SHARED
+            addrs[r["name"] + ":shm_name"] = shm.name
+        addr = libc.mmap(None, size, 3, flags, fd, r.get("offset", 0))
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap")
+        if fd >= 0 and kind != "memfd":
+            os.close(fd)
+        fill = r.get("fill", "pattern")
+        pages = range(size // PAGE) if fill == "pattern" else (
+            [] if fill == "none" else fill)
+        for index in pages:
+            ctypes.memmove(addr + index * PAGE, page_bytes(r.get("seed", 1), index), PAGE)
+        if r.get("prot", "rw") != "rw":
+            libc.mprotect(addr, size, PROTS[r["prot"]])
+        addrs[r["name"]] = addr
+    addrs["pid"] = os.getpid()
+    print(json.dumps(addrs), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "exit":
+            break
+        if op == "write":
+            data = bytes.fromhex(cmd["data"])
+            ctypes.memmove(cmd["addr"], data, len(data))
+            print(json.dumps({"ok": True}), flush=True)
+        elif op == "read":
+            print(json.dumps({"data": ctypes.string_at(cmd["addr"], cmd["n"]).hex()}),
+                  flush=True)
+        elif op == "prot":
+            rc = libc.mprotect(cmd["addr"], cmd["n"], PROTS[cmd["prot"]])
+            print(json.dumps({"ok": rc == 0}), flush=True)
+    for shm in keep:
+        shm.close()
+        shm.unlink()
+
+
+if __name__ == "__main__":
+    main()
