@@ -1,61 +1,8 @@
-"""Parent side of the test source process (tests/_source.py)."""
-import json
+"""Small helpers for the tests: the source process (pvmmap._sample) and
+/proc readings of this process and others."""
 import os
-import subprocess
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _source import PAGE, page_bytes, pattern  # noqa: E402,F401
-
-SOURCE = os.path.join(os.path.dirname(__file__), "_source.py")
-
-
-class Source:
-    """A child process holding regions laid out by `spec`; .addr[name] gives
-    each region's address.  Commands write/read its memory from inside."""
-
-    def __init__(self, spec, preexec_fn=None):
-        self.spec = {r["name"]: r for r in spec}
-        self.proc = subprocess.Popen(
-            [sys.executable, SOURCE, json.dumps(spec)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            raise RuntimeError(f"source process failed ({self.proc.returncode})")
-        self.addr = json.loads(line)
-        self.pid = self.addr["pid"]
-
-    def _ask(self, **cmd):
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def write(self, addr, data):
-        assert self._ask(op="write", addr=addr, data=bytes(data).hex())["ok"]
-
-    def read(self, addr, n):
-        return bytes.fromhex(self._ask(op="read", addr=addr, n=n)["data"])
-
-    def mprotect(self, addr, n, prot):
-        assert self._ask(op="prot", addr=addr, n=n, prot=prot)["ok"]
-
-    def expected(self, name):
-        r = self.spec[name]
-        return pattern(r["size"], r.get("seed", 1))
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
-        if not self.proc.stdin.closed:
-            self.proc.stdin.close()
+from pvmmap._sample import PAGE, Source, page_bytes, pattern  # noqa: F401
 
 
 def fd_count():

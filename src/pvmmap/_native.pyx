@@ -372,6 +372,20 @@ cdef class Mapping:
         with memoryview(self) as mv:
             return mv.tobytes()
 
+    def mprotect(self, int prot):
+        """Change the protection of the whole mapping (mmap.PROT_* bits)."""
+        cdef int r, err
+        self._check_open()
+        with nogil:
+            r = mprotect(self._base, self._maplen, prot)
+            err = errno
+        if r:
+            raise os_error(err, "mprotect", self.pid, <uintptr_t>self._base,
+                           self._maplen)
+        self.prot = prot
+        self._readable = bool(prot & (_mmap.PROT_READ | _mmap.PROT_WRITE))
+        self._writable = bool(prot & _mmap.PROT_WRITE)
+
     def populate(self):
         """Make every page resident now.  Eager clones already are: no-op."""
         self._check_open()

@@ -1,6 +1,6 @@
-"""A source process with a known memory layout, for pvmmap's tests.
+"""A source process with a known memory layout, for the demo and the tests.
 
-Run as `python _source.py SPEC_JSON`.  SPEC is a list of regions:
+Run as `python -m pvmmap._sample SPEC_JSON`.  SPEC is a list of regions:
   {"name": str, "kind": "anon"|"shared"|"memfd"|"file"|"shm", "size": int,
    "fill": "pattern"|"none"|[page indexes], "prot": "rw"|"r"|"w"|"none",
    "seed": int, "path": str (file), "noreserve": bool}
@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import struct
+import subprocess
 import sys
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -98,6 +99,55 @@ def main():
     for shm in keep:
         shm.close()
         shm.unlink()
+
+
+class Source:
+    """A child process holding regions laid out by `spec`; .addr[name] gives
+    each region's address.  Commands write/read its memory from inside."""
+
+    def __init__(self, spec, preexec_fn=None):
+        self.spec = {r["name"]: r for r in spec}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pvmmap._sample", json.dumps(spec)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"source process failed ({self.proc.returncode})")
+        self.addr = json.loads(line)
+        self.pid = self.addr["pid"]
+
+    def _ask(self, **cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def write(self, addr, data):
+        assert self._ask(op="write", addr=addr, data=bytes(data).hex())["ok"]
+
+    def read(self, addr, n):
+        return bytes.fromhex(self._ask(op="read", addr=addr, n=n)["data"])
+
+    def mprotect(self, addr, n, prot):
+        assert self._ask(op="prot", addr=addr, n=n, prot=prot)["ok"]
+
+    def expected(self, name):
+        r = self.spec[name]
+        return pattern(r["size"], r.get("seed", 1))
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+
 
 
 if __name__ == "__main__":

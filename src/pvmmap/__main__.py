@@ -1,0 +1,5 @@
+import sys
+
+from pvmmap.cli import main
+
+sys.exit(main())
