@@ -1,11 +1,16 @@
 """A source process with a known memory layout, for the demo and the tests.
 
 Run as `python -m pvmmap._sample SPEC_JSON`.  SPEC is a list of regions:
-  {"name": str, "kind": "anon"|"shared"|"memfd"|"file"|"shm", "size": int,
+  {"name": str, "kind": "anon"|"shared"|"memfd"|"file"|"shm"|"hugetlb",
+   "size": int,
    "fill": "pattern"|"none"|[page indexes], "prot": "rw"|"r"|"w"|"none",
-   "seed": int, "path": str (file), "noreserve": bool}
+   "seed": int, "path": str (file), "noreserve": bool,
+   "after": name (placed right after that region; a spec using "after" is
+   laid out in order, each region right after the one before)}
 It prints one JSON line {name: address, ..., "pid": pid}, then serves JSON
-commands on stdin, one per line (write, read, prot, exit), answering each.
+commands on stdin, one per line (write, read, prot, unmap, spin, uffd,
+exit), answering
+each.
 """
 import ctypes
 import json
@@ -42,14 +47,52 @@ def pattern(size, seed):
     return bytes(out)
 
 
+def start_spinner(first, last):
+    """A thread that forever writes an increasing counter to `first`, then to
+    `last`: a consistent snapshot has last == first or last == first - 1."""
+    import threading
+
+    def spin():
+        count = 0
+        while True:
+            count += 1
+            value = struct.pack("<Q", count)
+            ctypes.memmove(first, value, 8)
+            ctypes.memmove(last, value, 8)
+
+    threading.Thread(target=spin, daemon=True).start()
+
+
+def register_uffd(addr, n):
+    """Register [addr, addr+n) with a new userfaultfd (missing mode); returns
+    the fd, which must stay open for the registration to last."""
+    import fcntl
+    fd = libc.syscall(323, os.O_CLOEXEC | os.O_NONBLOCK)   # userfaultfd
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "userfaultfd")
+    api = bytearray(struct.pack("<QQQ", 0xAA, 0, 0))
+    fcntl.ioctl(fd, 0xC018AA3F, api)                       # UFFDIO_API
+    reg = bytearray(struct.pack("<QQQQ", addr, n, 1, 0))   # MODE_MISSING
+    fcntl.ioctl(fd, 0xC020AA00, reg)                       # UFFDIO_REGISTER
+    return fd
+
+
 def main():
     spec = json.loads(sys.argv[1])
-    addrs, keep = {}, []
+    addrs, sizes, keep = {}, {}, []
+    arena = None
+    if any("after" in r for r in spec):
+        # Free space right after a mapping is rare (mmap goes top-down):
+        # reserve room for the whole layout first.
+        arena = libc.mmap(None, sum(r["size"] for r in spec), 0,
+                          mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000, -1, 0)
     for r in spec:
         size, kind = r["size"], r["kind"]
         fd, flags = -1, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         if r.get("noreserve"):
             flags |= MAP_NORESERVE
+        if kind == "hugetlb":
+            flags |= 0x40000                                 # MAP_HUGETLB
         if kind == "shared":
             flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
         elif kind == "memfd":
@@ -66,7 +109,13 @@ def main():
             fd = os.open(f"/dev/shm/{shm.name}", os.O_RDWR)
             flags = mmap.MAP_SHARED
             addrs[r["name"] + ":shm_name"] = shm.name
-        addr = libc.mmap(None, size, 3, flags, fd, r.get("offset", 0))
+        want = None
+        if arena:                   # laid out one after the other
+            flags |= 0x10           # MAP_FIXED, inside the arena
+            want = arena + sum(sizes.values())
+            if "after" in r:
+                assert want == addrs[r["after"]] + sizes[r["after"]]
+        addr = libc.mmap(want, size, 3, flags, fd, r.get("offset", 0))
         if addr in (None, ctypes.c_void_p(-1).value):
             raise OSError(ctypes.get_errno(), "mmap")
         if fd >= 0 and kind != "memfd":
@@ -79,6 +128,7 @@ def main():
         if r.get("prot", "rw") != "rw":
             libc.mprotect(addr, size, PROTS[r["prot"]])
         addrs[r["name"]] = addr
+        sizes[r["name"]] = size
     addrs["pid"] = os.getpid()
     print(json.dumps(addrs), flush=True)
     for line in sys.stdin:
@@ -93,12 +143,22 @@ def main():
         elif op == "read":
             print(json.dumps({"data": ctypes.string_at(cmd["addr"], cmd["n"]).hex()}),
                   flush=True)
+        elif op == "unmap":
+            libc.munmap(ctypes.c_void_p(cmd["addr"]), ctypes.c_size_t(cmd["n"]))
+            print(json.dumps({"ok": True}), flush=True)
+        elif op == "spin":
+            start_spinner(cmd["first"], cmd["last"])
+            print(json.dumps({"ok": True}), flush=True)
+        elif op == "uffd":
+            keep.append(register_uffd(cmd["addr"], cmd["n"]))
+            print(json.dumps({"ok": True}), flush=True)
         elif op == "prot":
             rc = libc.mprotect(cmd["addr"], cmd["n"], PROTS[cmd["prot"]])
             print(json.dumps({"ok": rc == 0}), flush=True)
-    for shm in keep:
-        shm.close()
-        shm.unlink()
+    for obj in keep:
+        if not isinstance(obj, int):
+            obj.close()
+            obj.unlink()
 
 
 class Source:
@@ -127,6 +187,15 @@ class Source:
 
     def read(self, addr, n):
         return bytes.fromhex(self._ask(op="read", addr=addr, n=n)["data"])
+
+    def unmap(self, addr, n):
+        assert self._ask(op="unmap", addr=addr, n=n)["ok"]
+
+    def spin(self, first, last):
+        assert self._ask(op="spin", first=first, last=last)["ok"]
+
+    def register_uffd(self, addr, n):
+        assert self._ask(op="uffd", addr=addr, n=n)["ok"]
 
     def mprotect(self, addr, n, prot):
         assert self._ask(op="prot", addr=addr, n=n, prot=prot)["ok"]

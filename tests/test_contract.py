@@ -1,0 +1,200 @@
+"""process_vm_mmap()'s exact contract (DESIGN.md §1), on whichever backend is
+active.  Marked `kernel`: the same functions run inside the VM against the
+project's kernel port with PVMMAP_BACKEND=native."""
+import ctypes
+import errno
+import mmap
+
+import pytest
+
+import pvmmap
+from pvmmap._sample import PAGE, page_bytes
+
+from _helpers import maps_lines
+
+pytestmark = pytest.mark.kernel
+MiB = 1 << 20
+NO_SUCH_PID = 0x3FFFFFFF        # above PID_MAX_LIMIT: can never exist
+
+
+def own_bytes(addr, n):
+    return ctypes.string_at(addr, n)
+
+
+@pytest.fixture
+def anon(source):
+    """A source with two pattern-filled private regions, a and b."""
+    return source([dict(name="a", kind="anon", size=MiB, seed=5),
+                   dict(name="b", kind="anon", size=MiB, seed=6)])
+
+
+def test_maps_a_page_rounded_copy(anon, raw_maps):
+    src = anon.addr["a"] + 3 * PAGE + 100          # rounded down
+    addr = raw_maps(anon.pid, src, 5000)           # rounded up: 2 pages
+    assert addr % PAGE == 0
+    assert own_bytes(addr, PAGE) == page_bytes(5, 3)
+    assert own_bytes(addr + PAGE, PAGE) == page_bytes(5, 4)
+    with open("/proc/self/maps") as f:
+        vmas = [line.split()[0].split("-") for line in f]
+    # The mapping is exactly two pages (it may have merged with neighbours,
+    # so look for a VMA covering it, and make sure page 3 is not ours).
+    assert any(int(s, 16) <= addr and int(e, 16) >= addr + 2 * PAGE for s, e in vmas)
+
+
+def test_fixed_replaces_and_rounds_down(anon, raw_maps):
+    holder = mmap.mmap(-1, 4 * PAGE)
+    holder[:] = b"x" * (4 * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(holder))
+    addr = raw_maps(anon.pid, anon.addr["a"], 2 * PAGE, base + PAGE + 7,
+                    pvmmap.PVMMAP_FIXED)
+    assert addr == base + PAGE
+    assert own_bytes(base, PAGE) == b"x" * PAGE                # untouched
+    assert own_bytes(base + PAGE, PAGE) == page_bytes(5, 0)
+    assert own_bytes(base + 2 * PAGE, PAGE) == page_bytes(5, 1)
+    assert own_bytes(base + 3 * PAGE, PAGE) == b"x" * PAGE
+
+
+def test_fixed_noreplace_refuses_mapped_destination(anon):
+    holder = mmap.mmap(-1, 2 * PAGE)
+    holder[:4] = b"keep"
+    dst = ctypes.addressof(ctypes.c_char.from_buffer(holder))
+    before = maps_lines()
+    with pytest.raises(FileExistsError) as info:
+        pvmmap.process_vm_mmap(anon.pid, anon.addr["a"], PAGE, dst,
+                               pvmmap.PVMMAP_FIXED_NOREPLACE)
+    assert info.value.errno == errno.EEXIST
+    assert holder[:4] == b"keep"
+    assert maps_lines() == before
+
+
+def test_fixed_noreplace_places_at_a_free_destination(anon, raw_maps):
+    probe = mmap.mmap(-1, 8 * PAGE)
+    dst = ctypes.addressof(ctypes.c_char.from_buffer(probe)) + 2 * PAGE
+    probe.close()                                   # now free
+    addr = raw_maps(anon.pid, anon.addr["b"], 2 * PAGE, dst,
+                    pvmmap.PVMMAP_FIXED_NOREPLACE)
+    assert addr == dst
+    assert own_bytes(addr, PAGE) == page_bytes(6, 0)
+
+
+def test_range_across_two_vmas_is_efault(source):
+    s = source([dict(name="a", kind="anon", size=4 * PAGE, seed=1)])
+    s.mprotect(s.addr["a"] + 2 * PAGE, 2 * PAGE, "r")     # now two VMAs
+    before = maps_lines()
+    with pytest.raises(OSError) as info:
+        pvmmap.process_vm_mmap(s.pid, s.addr["a"], 4 * PAGE)
+    assert info.value.errno == errno.EFAULT
+    assert maps_lines() == before
+
+
+def test_range_over_a_hole_is_efault(source):
+    s = source([dict(name="a", kind="anon", size=4 * PAGE, seed=1)])
+    s.unmap(s.addr["a"] + PAGE, PAGE)
+    for length in (4 * PAGE, 2 * PAGE):
+        with pytest.raises(OSError) as info:
+            pvmmap.process_vm_mmap(s.pid, s.addr["a"], length)
+        assert info.value.errno == errno.EFAULT
+    with pytest.raises(OSError) as info:           # starts in the hole
+        pvmmap.process_vm_mmap(s.pid, s.addr["a"] + PAGE, PAGE)
+    assert info.value.errno == errno.EFAULT
+
+
+@pytest.mark.parametrize("name", ["[vdso]", "[vvar]"])
+def test_special_mappings_are_efault(anon, name):
+    regions = [r for r in pvmmap.maps(anon.pid) if r.path == name]
+    if not regions:
+        pytest.skip(f"this kernel shows no {name} mapping")
+    r = regions[0]
+    with pytest.raises(OSError) as info:
+        pvmmap.process_vm_mmap(anon.pid, r.start, PAGE)
+    assert info.value.errno == errno.EFAULT
+
+
+def test_userfaultfd_registered_source_is_eopnotsupp(anon):
+    if not pvmmap.features().uffd == "full":
+        pytest.skip("userfaultfd not available: " + pvmmap.features().uffd_reason)
+    anon.register_uffd(anon.addr["b"], MiB)
+    flags = {r.start: r.flags for r in pvmmap.maps(anon.pid)}
+    assert "um" in flags[anon.addr["b"]]           # smaps agrees it is registered
+    before = maps_lines()
+    with pytest.raises(OSError) as info:
+        pvmmap.process_vm_mmap(anon.pid, anon.addr["b"], PAGE)
+    assert info.value.errno == errno.EOPNOTSUPP
+    assert maps_lines() == before
+    # The other region is not registered and still clones.
+    addr = pvmmap.process_vm_mmap(anon.pid, anon.addr["a"], PAGE)
+    assert own_bytes(addr, PAGE) == page_bytes(5, 0)
+    pvmmap.munmap(addr, PAGE)
+
+
+@pytest.fixture
+def hugepages():
+    path = "/proc/sys/vm/nr_hugepages"
+    try:
+        with open(path) as f:
+            old = int(f.read())
+        if old < 2:
+            with open(path, "w") as f:
+                f.write("2")
+    except OSError as e:
+        pytest.skip(f"cannot reserve huge pages ({e.strerror})")
+    yield
+    if old < 2:
+        with open(path, "w") as f:
+            f.write(str(old))
+
+
+def test_hugetlb_source_is_efault(source, hugepages):
+    try:
+        s = source([dict(name="h", kind="hugetlb", size=2 * MiB, fill=[0])])
+    except RuntimeError:
+        pytest.skip("MAP_HUGETLB failed in the source (no hugetlbfs or no pages)")
+    assert [r.kind for r in pvmmap.maps(s.pid) if r.start == s.addr["h"]] == ["hugetlb"]
+    with pytest.raises(OSError) as info:
+        pvmmap.process_vm_mmap(s.pid, s.addr["h"], PAGE)
+    assert info.value.errno == errno.EFAULT
+
+
+@pytest.mark.parametrize("case", ["flags", "length0", "src0", "pid0", "pid_negative",
+                                  "beyond_address_space", "kernel_thread"])
+def test_einval(anon, case):
+    pid, src, length, flags = anon.pid, anon.addr["a"], PAGE, 0
+    if case == "flags":
+        flags = 0x4
+    elif case == "length0":
+        length = 0
+    elif case == "src0":
+        src = 0
+    elif case == "pid0":
+        pid = 0
+    elif case == "pid_negative":
+        pid = -5
+    elif case == "beyond_address_space":
+        src, length = (1 << 47) - PAGE, 2 * PAGE
+    elif case == "kernel_thread":
+        pid = 2                                     # kthreadd
+        with open("/proc/2/stat") as f:
+            assert "kthreadd" in f.read()
+    before = maps_lines()
+    with pytest.raises(OSError) as info:
+        pvmmap.process_vm_mmap(pid, src, length, 0, flags)
+    assert info.value.errno == errno.EINVAL
+    assert maps_lines() == before
+
+
+def test_no_such_process_is_esrch():
+    with pytest.raises(ProcessLookupError) as info:
+        pvmmap.process_vm_mmap(NO_SUCH_PID, 0x10000, PAGE)
+    assert info.value.errno == errno.ESRCH
+    assert str(NO_SUCH_PID) in str(info.value)
+
+
+def test_same_errors_through_clone(anon):
+    """clone() reports the contract's errno for the same inputs."""
+    cases = [((anon.pid, anon.addr["a"], 0), errno.EINVAL),
+             ((NO_SUCH_PID, 0x10000, PAGE), errno.ESRCH),
+             ((2, 0x10000, PAGE), errno.EINVAL)]
+    for args, err in cases:
+        with pytest.raises(OSError) as info:
+            pvmmap.clone(*args)
+        assert info.value.errno == err, args
