@@ -42,8 +42,8 @@ long pvmmap_sys_process_vm_mmap(long nr, pid_t pid, uintptr_t src, size_t len,
 int pvmmap_kallsyms_find(const char *const *names, int n);
 
 /* Check that syscall `nr` behaves like process_vm_mmap for arguments that
- * must give EINVAL (an unknown flag bit, then len == 0).
- * Returns 0 if it does, -1 with errno ENOSYS if it does not. */
+ * must fail: EINVAL for an unknown flag bit and for len == 0, then ESRCH
+ * for a pid that cannot exist.  Returns 0 if it does, -1/ENOSYS if not. */
 int pvmmap_probe_native(long nr);
 
 /* How this process can get a userfaultfd: 2 fully (syscall or

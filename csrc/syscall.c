@@ -58,13 +58,19 @@ int pvmmap_kallsyms_find(const char *const *names, int n)
     return found;
 }
 
-/* Returns 0 if syscall `nr` refuses what process_vm_mmap must refuse. */
+/*
+ * Returns 0 if syscall `nr` refuses what process_vm_mmap must refuse.
+ * EINVAL alone proves little: pidfd_open (434, the 2019 series' number)
+ * also says EINVAL to these arguments, because our `src` lands in its flags.
+ * The last step needs ESRCH for a pid that cannot exist, with arguments
+ * that are otherwise valid; pidfd_open still says EINVAL there.
+ */
 int pvmmap_probe_native(long nr)
 {
     long page = sysconf(_SC_PAGESIZE);
-    /* A readable page of our own: valid in every respect but the flags. */
     static const char probe[1] = {1};
     uintptr_t src = (uintptr_t)probe & ~(uintptr_t)(page - 1);
+    const long no_such_pid = 0x3fffffff;   /* above PID_MAX_LIMIT */
 
     errno = 0;
     if (syscall(nr, (long)getpid(), src, (size_t)page, 0UL, 0x80UL) != -1
@@ -72,6 +78,9 @@ int pvmmap_probe_native(long nr)
         goto no;
     errno = 0;
     if (syscall(nr, (long)getpid(), src, 0UL, 0UL, 0UL) != -1 || errno != EINVAL)
+        goto no;
+    errno = 0;
+    if (syscall(nr, no_such_pid, src, (size_t)page, 0UL, 0UL) != -1 || errno != ESRCH)
         goto no;
     return 0;
 no:

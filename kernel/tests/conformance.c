@@ -669,7 +669,8 @@ static void t_errors(void)
 	EXPECT(pvm(getpid(), (void *)100, len, NULL, 0), EINVAL);
 	EXPECT(pvm(0, a, len, NULL, 0), EINVAL);
 	EXPECT(pvm(-1, a, len, NULL, 0), EINVAL);
-	EXPECT(pvm(getpid(), (void *)0x7ffffffff000UL, 1UL << 47, NULL, 0), EINVAL);
+	EXPECT(pvm(getpid(), (void *)(1UL << 62), len, NULL, 0), EINVAL);
+	EXPECT(pvm(getpid(), a, 1UL << 62, NULL, 0), EINVAL);
 	EXPECT(pvm(getpid(), (void *)(-4096UL), pg, NULL, 0), EINVAL);
 	EXPECT(pvm(getpid(), a, -1UL, NULL, 0), EINVAL);
 	EXPECT(pvm(2, a, len, NULL, 0), EINVAL);	/* kthreadd */

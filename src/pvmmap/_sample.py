@@ -60,6 +60,8 @@ def start_spinner(first, last):
             ctypes.memmove(first, value, 8)
             ctypes.memmove(last, value, 8)
 
+    ctypes.memmove(first, bytes(8), 8)      # consistent before the first turn
+    ctypes.memmove(last, bytes(8), 8)
     threading.Thread(target=spin, daemon=True).start()
 
 
