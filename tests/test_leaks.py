@@ -1,0 +1,45 @@
+"""A thousand clone/close cycles (and failures) leave fds, VMAs and threads
+as they were."""
+import errno
+
+import pytest
+
+import pvmmap
+from pvmmap._sample import PAGE
+
+from _helpers import fd_count, maps_lines, thread_count
+
+MiB = 1 << 20
+
+
+def state():
+    return fd_count(), maps_lines(), thread_count()
+
+
+def test_thousand_cycles_leave_nothing(source):
+    s = source([dict(name="a", kind="anon", size=64 * MiB, fill=[0, 5000]),
+                dict(name="sh", kind="shared", size=64 * 1024),
+                dict(name="big", kind="anon", size=64 * MiB, seed=2)])
+    pvmmap.clone(s.pid, s.addr["big"], 64 * MiB).close()   # threads warmed up
+    before = state()
+    for i in range(1000):
+        with pvmmap.clone(s.pid, s.addr["a"], 64 * MiB) as m:
+            assert m[:8] != bytes(8)
+        with pvmmap.clone(s.pid, s.addr["sh"], 64 * 1024) as m:
+            m[0] = i % 256
+        if i % 100 == 0:        # the multi-threaded path too
+            pvmmap.clone(s.pid, s.addr["big"], 64 * MiB).close()
+    assert state() == before
+
+
+def test_failures_leave_nothing(source):
+    s = source([dict(name="a", kind="anon", size=8 * PAGE)])
+    s.unmap(s.addr["a"] + 4 * PAGE, PAGE)
+    before = state()
+    for _ in range(200):
+        with pytest.raises(OSError) as info:
+            pvmmap.clone(s.pid, s.addr["a"], 8 * PAGE)
+        assert info.value.errno == errno.EFAULT
+        with pytest.raises(ProcessLookupError):
+            pvmmap.clone(0x3FFFFFFF, 0x10000, PAGE)
+    assert state() == before
