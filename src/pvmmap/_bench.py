@@ -257,7 +257,8 @@ def _proc_cpu_table(exclude):
             continue
         comm = data[data.find("(") + 1:data.rfind(")")]
         fields = data.rsplit(")", 1)[1].split()
-        table[int(name)] = (comm, int(fields[11]) + int(fields[12]))
+        # with cutime/cstime: short-lived children (cc1 under make) show up in their parent
+        table[int(name)] = (comm, sum(int(x) for x in fields[11:15]))
     return table
 
 
@@ -270,9 +271,11 @@ def _sample_others(cpu, seconds, exclude):
     after = _proc_cpu_table(exclude)
     used, _ = cpu.others(a, b)
     wall = b[0] - a[0]
-    top = sorted(((t - before[p][1], c) for p, (c, t) in after.items() if p in before),
-                 reverse=True)[:3]
-    offenders = [f"{c}:{100 * d / CLK_TCK / wall:.0f}%" for d, c in top if d > 0]
+    by_comm = {}  # processes born during the sample count with all their CPU time
+    for p, (c, t) in after.items():
+        by_comm[c] = by_comm.get(c, 0) + t - (before[p][1] if p in before else 0)
+    top = sorted(((d, c) for c, d in by_comm.items() if d > 0), reverse=True)[:3]
+    offenders = [f"{c}:{100 * d / CLK_TCK / wall:.0f}%" for d, c in top]
     return used / wall, offenders
 
 
