@@ -357,6 +357,7 @@ def _pvmmap_clone(pvm, cpu, src, region, method, check_pages, expect_method=None
             m = pvm.clone(src.pid, r["addr"], r["size"], method=method)
         try:
             got = getattr(m, "method", None)
+            stats = getattr(m, "stats", None)
             if expect_method and got != expect_method:
                 raise AssertionError(f"clone(method={method!r}) of a {r['kind']} region "
                                      f"used method {got!r}, expected {expect_method!r}")
@@ -372,7 +373,7 @@ def _pvmmap_clone(pvm, cpu, src, region, method, check_pages, expect_method=None
         finally:
             td = _teardown_ns(m.close)
         return {"ns": t.ns, "teardown_ns": td, "others_s": t.others_s, "steal_s": t.steal_s,
-                "method": got}
+                "method": got, "stats": dict(stats) if isinstance(stats, dict) else stats}
     return run
 
 
@@ -819,10 +820,11 @@ def summarize(configs):
         td = [s["teardown_ns"] for s in c.samples if "teardown_ns" in s]
         row["teardown_median_ns"] = statistics.median(td) if td else None
         for key in ("scan_ns", "prep_ns", "copy_ns", "ranges", "core_bytes", "method",
-                    "us_per_page"):
-            vals = [s[key] for s in c.samples if key in s]
+                    "us_per_page", "stats"):
+            vals = [s[key] for s in c.samples if s.get(key) is not None]
             if vals:
-                row[key] = vals[-1] if key in ("method", "ranges") else statistics.median(vals)
+                row[key] = (vals[-1] if key in ("method", "ranges", "stats")
+                            else statistics.median(vals))
         if c.bytes_moved and row["median_ns"]:
             row["gb_s"] = c.bytes_moved / row["median_ns"]
         ref = refs.get(c.group) or (shared_ref if c.group == "shared" else None)
@@ -855,6 +857,8 @@ def print_table(rows, out):
             extra.append(f"{r['us_per_page']:.2f} µs per 4 KiB page")
         if r.get("method"):
             extra.append(f"Mapping.method={r['method']!r}")
+        if isinstance(r.get("stats"), dict) and r["stats"]:
+            extra.append("stats " + ", ".join(f"{k}={v}" for k, v in r["stats"].items()))
         if extra:
             out.write(f"{'':7} {'':{w}}   ({'; '.join(extra)})\n")
     out.write("x pvmmap = median / median of the pvmmap row of the group (> 1: pvmmap is faster); "
