@@ -519,7 +519,7 @@ static void t_file_private(void)
 	if (dst != (char *)-1) {
 		CHECK(!memcmp(dst, buf + 3 * pg, pg), "file page differs");
 		CHECK(all_bytes(dst + 2 * pg, pg, 0x77), "privately modified page not cloned");
-		CHECK(!memcmp(dst + 3 * pg, buf + 5 * pg, 5 * pg), "unfaulted file pages differ");
+		CHECK(!memcmp(dst + 3 * pg, buf + 6 * pg, 5 * pg), "unfaulted file pages differ");
 		CHECK(maps_line(getpid(), dst, line, sizeof(line), NULL, NULL) &&
 		      strstr(line, path) && strstr(line, " 00003000 ") && strstr(line, "rw-p"),
 		      "maps line wrong (want %s at offset 0x3000): %s", path, line);
