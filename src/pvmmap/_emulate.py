@@ -112,8 +112,8 @@ def plan(pid, start, end, single):
     """The source VMAs covering [start, end), checked against the contract:
     EFAULT for a hole (or, if `single`, a second VMA) and refused kinds,
     EOPNOTSUPP for userfaultfd-registered ones."""
-    regions = _maps.read_maps(pid)
-    if not regions:
+    regions = _maps.read_maps(pid, start, end)
+    if not regions and not _maps.has_memory(pid):
         raise os_error(errno.ESRCH, "process has no memory (exiting)", pid, start,
                        end - start)
     pieces, at = [], start

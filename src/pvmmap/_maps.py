@@ -128,13 +128,29 @@ def _open_proc(pid, name):
                        "(different user, or it is not dumpable)") from e
 
 
-def read_maps(pid):
-    """Regions of pid from /proc/PID/maps, without VmFlags (cheap)."""
+def read_maps(pid, start=0, end=None):
+    """Regions of pid from /proc/PID/maps, without VmFlags (cheap); only
+    those overlapping [start, end) if given (the rest are not parsed)."""
     with _open_proc(pid, "maps") as f:
-        regions = [_parse_line(line) for line in f]
-    for r in regions:
+        text = f.read()
+    regions = []
+    for line in text.splitlines():
+        if end is not None:
+            lo, _, hi = line[:line.index(" ")].partition("-")
+            if int(hi, 16) <= start:
+                continue
+            if int(lo, 16) >= end:
+                break
+        r = _parse_line(line)
         r.kind = classify(r.perms, r.inode, r.path)
+        regions.append(r)
     return regions
+
+
+def has_memory(pid):
+    """False for a process whose mm is gone (exiting, zombie)."""
+    with _open_proc(pid, "maps") as f:
+        return bool(f.read(1))
 
 
 def read_smaps(pid):
