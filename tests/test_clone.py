@@ -279,3 +279,13 @@ def test_freeze_of_ourselves_is_einval():
     with pytest.raises(OSError) as info:
         pvmmap.clone(os.getpid(), addr, PAGE, freeze=True)
     assert info.value.errno == errno.EINVAL
+
+
+def test_destination_beyond_the_address_space_is_enomem(source):
+    s = source([dict(name="r", kind="anon", size=4 * PAGE)])
+    before = (maps_lines(), fd_count())
+    with pytest.raises(OSError) as info:
+        pvmmap.clone(s.pid, s.addr["r"], 2 * PAGE, dest=(1 << 47) - PAGE, fixed=True)
+    assert info.value.errno == errno.ENOMEM
+    assert "destination" in str(info.value)
+    assert (maps_lines(), fd_count()) == before
