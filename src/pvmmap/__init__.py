@@ -16,7 +16,7 @@ import mmap
 import os
 from dataclasses import dataclass
 
-from pvmmap import _emulate, _native
+from pvmmap import _emulate, _maps, _native
 from pvmmap._errors import BACKENDS, METHODS, os_error
 from pvmmap._maps import KINDS, Region, maps
 from pvmmap._native import Mapping
@@ -161,17 +161,20 @@ def munmap(addr, length):
 
 
 def _native_clone(pid, src, length, dst, flags):
-    """Native clone of a range that may span adjacent VMAs.  Returns
-    (base, total, kinds/prot per piece)."""
+    """Native clone of a range that may span adjacent VMAs: one call when it
+    is one VMA, else one call per VMA into a reserved destination.
+    Returns (base, total, [(offset, length, kind, prot)])."""
     start, end = _emulate.check_args(pid, src, length, flags)
     total = end - start
     nr = _require_native(pid, src, length)
     try:
         base = _native.sys_process_vm_mmap(nr, pid, start, total, dst, flags)
+        pieces = None
     except OSError as e:
         if e.errno != errno.EFAULT:
             raise
-        # Perhaps several VMAs: the kernel maps one at a time.
+        # Perhaps several VMAs (the call maps one): the plan says EFAULT
+        # itself for a hole or a refused VMA.
         pieces = _emulate.plan(pid, start, end, single=False)
         if len(pieces) == 1:
             raise
@@ -183,15 +186,11 @@ def _native_clone(pid, src, length, dst, flags):
         except BaseException:
             _native.munmap_raw(base, total)
             raise
-        return base, total, [(p.start - start, p.length, p.region.kind, p.region.prot)
-                             for p in pieces]
-    try:
-        pieces = _emulate.plan(pid, start, end, single=False)
-        parts = [(p.start - start, p.length, p.region.kind, p.region.prot)
-                 for p in pieces]
-    except OSError:
-        parts = [(0, total, "unknown", mmap.PROT_READ)]
-    return base, total, parts
+    regions = [p.region for p in pieces] if pieces else \
+        _maps.read_maps(pid, start, end)
+    return base, total, [(max(r.start, start) - start,
+                          min(r.end, end) - max(r.start, start), r.kind, r.prot)
+                         for r in regions]
 
 
 def _summary(values, mixed="mixed"):
