@@ -643,6 +643,20 @@ static void t_fixed(void)
 	r = (char *)pvm(getpid(), src, len, src + pg, PVMMAP_FIXED);
 	CHECK(r == (char *)-1 && errno == EINVAL, "FIXED over the source: %p errno %d", r, errno);
 	CHECK(check_fill(src, len, 17), "source damaged");
+	/* FIXED into the source VMA itself, next to the range: splits it */
+	{
+		char *v = mk_private(16 * pg), *r2;
+		fill(v, 16 * pg, 34);
+		r2 = (char *)pvm(getpid(), v, 4 * pg, v + 8 * pg, PVMMAP_FIXED);
+		CHECK(r2 == v + 8 * pg, "FIXED inside the source VMA: %p (%s)", r2,
+		      r2 == (char *)-1 ? strerror(errno) : "");
+		if (r2 == v + 8 * pg) {
+			CHECK(!memcmp(v + 8 * pg, v, 4 * pg), "bytes differ");
+			v[0] ^= 1;
+			CHECK(v[8 * pg] != v[0], "not private");
+		}
+		munmap(v, 16 * pg);
+	}
 	/* a free hint is honoured */
 	munmap(target, len);
 	r = (char *)pvm(getpid(), src, len, target, 0);
@@ -1004,6 +1018,70 @@ static void t_stress(void)
 	stop_child(&ch);
 }
 
+static int write_file(const char *path, const char *val)
+{
+	FILE *f = fopen(path, "w");
+	int ok;
+
+	if (!f)
+		return 0;
+	ok = fputs(val, f) >= 0;
+	return fclose(f) == 0 && ok;
+}
+
+static long read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (f) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+static void t_ksm(void)
+{
+	size_t n = 64, len = n * pg;
+	char *src = mk_private(len), *dst;
+	int i;
+
+	if (!write_file("/sys/kernel/mm/ksm/sleep_millisecs", "0") ||
+	    !write_file("/sys/kernel/mm/ksm/pages_to_scan", "10000") ||
+	    !write_file("/sys/kernel/mm/ksm/run", "1")) {
+		skip("cannot start ksmd (not root, or no KSM)");
+		munmap(src, len);
+		return;
+	}
+	for (size_t k = 0; k < n; k++)
+		memset(src + k * pg, 0x60 + (int)(k % 4), pg);	/* 4 distinct pages */
+	CHECK(madvise(src, len, MADV_MERGEABLE) == 0, "MADV_MERGEABLE: %s", strerror(errno));
+	for (i = 0; i < 100 && read_long("/sys/kernel/mm/ksm/pages_sharing") < 32; i++)
+		usleep(50000);
+	if (read_long("/sys/kernel/mm/ksm/pages_sharing") < 32) {
+		skip("ksmd did not merge in 5 s");
+	} else {
+		dst = (char *)pvm(getpid(), src, len, NULL, 0);
+		CHECK(dst != (char *)-1, "clone of KSM pages: %s", strerror(errno));
+		if (dst != (char *)-1) {
+			for (size_t k = 0; k < n; k++)
+				if (!all_bytes(dst + k * pg, pg, 0x60 + (int)(k % 4))) {
+					FAIL("page %zu differs", k);
+					break;
+				}
+			memset(dst, 1, pg);
+			memset(src + pg, 2, pg);
+			CHECK(all_bytes(src, pg, 0x60) && all_bytes(dst + pg, pg, 0x61),
+			      "KSM clone not private");
+			munmap(dst, len);
+		}
+	}
+	write_file("/sys/kernel/mm/ksm/run", "2");	/* unmerge everything */
+	munmap(src, len);
+}
+
 int main(int argc, char **argv)
 {
 	const char *env = getenv("PVMMAP_SYSCALL_NR");
@@ -1035,6 +1113,7 @@ int main(int argc, char **argv)
 	run("SysV shm: shared, nattch via vm_ops->open", t_sysv_shm);
 	run("fork and mremap of a clone", t_fork_after_clone);
 	run("clone of a clone", t_clone_of_clone);
+	run("KSM-merged source pages get their own copy", t_ksm);
 	run("200 clones + munmaps from a live child", t_stress);
 	printf("1..%d\n", ntests);
 	printf("# %d passed, %d failed, %d skipped\n", ntests - nfailed - nskipped, nfailed, nskipped);
