@@ -6,6 +6,7 @@ import json
 import mmap
 import os
 
+import psutil  # noqa: F401  (imported while /root is still readable)
 import pytest
 
 import pvmmap
@@ -114,6 +115,7 @@ def test_unprivileged_clone_of_own_child():
     assert out["memfd"] == ["share", True]
     err, msg = out["root_err"]
     assert err == 1 and "ptrace" in msg                                  # EPERM
+    assert "runs as root" in msg and "this process as nobody" in msg
 
 
 def test_unprivileged_process_vm_mmap_of_root_is_eperm():

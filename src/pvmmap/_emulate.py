@@ -90,9 +90,26 @@ def check_process(pid, start, length):
     except PermissionError:
         # /proc/PID/mem says EACCES; process_vm_readv and the native call EPERM.
         raise os_error(errno.EPERM, "may not ptrace-attach the source", pid,
-                       start, length, "it belongs to another user, is not "
-                       "dumpable, or is protected; run as its user or as root "
-                       "(CAP_SYS_PTRACE)") from None
+                       start, length, f"{who_owns(pid)}; run as its user (it "
+                       "must be dumpable) or as root (CAP_SYS_PTRACE)") from None
+
+
+def who_owns(pid):
+    """'pid 1 (systemd) runs as root, this process as nobody', for messages."""
+    try:
+        import psutil
+    except ImportError:
+        return f"pid {pid} belongs to another user, or is not dumpable"
+    try:
+        p = psutil.Process(pid)
+        theirs = f"pid {pid} ({p.name()}) runs as {p.username()}"
+    except (psutil.Error, KeyError):
+        theirs = f"pid {pid} belongs to another user"
+    try:
+        ours = psutil.Process().username()
+    except (psutil.Error, KeyError):
+        ours = f"uid {os.getuid()}"
+    return f"{theirs}, this process as {ours}"
 
 
 @dataclass

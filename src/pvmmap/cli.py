@@ -96,7 +96,15 @@ def _size(n):
 
 
 def show_maps(args):
-    for r in pvmmap.maps(args.pid):
+    import psutil
+    regions = pvmmap.maps(args.pid)
+    try:
+        p = psutil.Process(args.pid)
+        print(f"pid {args.pid} ({p.name()}, user {p.username()}, "
+              f"rss {_size(p.memory_info().rss)}): {len(regions)} regions")
+    except psutil.Error:
+        pass
+    for r in regions:
         flags = " ".join(sorted(r.flags or ()))
         print(f"{r.start:012x}-{r.end:012x} {r.perms} {r.kind:13} "
               f"{_size(r.size):>9}  {r.path}  [{flags}]")
