@@ -433,6 +433,15 @@ static void t_child_subrange(void)
 		munmap(ref, len);
 		munmap(dst, 4 * pg);
 	}
+	/* the rounded range covers [src, src + len): here 5 pages */
+	dst = (char *)pvm(ch.pid, ch.addr + 8 * pg + 100, 4 * pg, NULL, 0);
+	CHECK(dst != (char *)-1, "clone failed: %s", strerror(errno));
+	if (dst != (char *)-1) {
+		unsigned long s, e;
+		CHECK(maps_line(getpid(), dst, NULL, 0, &s, &e) && e - s == 5 * (unsigned long)pg,
+		      "unaligned src + 4 pages gave %lu pages, want 5", (e - s) / pg);
+		munmap(dst, 5 * pg);
+	}
 	stop_child(&ch);
 }
 
@@ -1096,7 +1105,7 @@ int main(int argc, char **argv)
 	run("detect: kallsyms T symbol, EINVAL probe", t_detect);
 	run("self: bytes equal, CoW both ways, munmap", t_self_bytes_cow);
 	run("forked child: CoW both ways, clone outlives source", t_child_cow);
-	run("child sub-range, unaligned src rounded, len rounded up", t_child_subrange);
+	run("child sub-range; unaligned range rounded out to whole pages", t_child_subrange);
 	run("shared anonymous stays shared both ways", t_shared_anon);
 	run("memfd shared, keeps offset", t_memfd);
 	run("private file keeps file and offset, private pages copied", t_file_private);
