@@ -783,8 +783,9 @@ def run_all(args, configs, cpu, exclude, log):
             redos += 1
             q["discarded"] = True
             noise.append(q)
-            log(f"rep {attempts}: noisy ({q['others_cpus']} CPUs busy before, disturbed: "
-                f"{q['disturbed']}), discarded; redoing")
+            log(f"rep {attempts}: noisy ({q['others_cpus']} CPUs busy before, "
+                f"{len(disturbed)} disturbed samples: {' '.join(q['offenders'])}), "
+                f"discarded; redoing")
             continue
         for c, smp in rep.items():
             smp["disturbed"] = c in disturbed
@@ -793,7 +794,8 @@ def run_all(args, configs, cpu, exclude, log):
         noise.append(q)
         reps.append(rep)
         log(f"rep {len(reps)}/{args.repeat}: waited {q['waited_s']} s, others "
-            f"{q['others_cpus']} CPUs before{' (NOT quiet)' if not q['quiet'] else ''}, "
+            f"{q['others_cpus']} CPUs before"
+            f"{' (NOT quiet: ' + ' '.join(q['offenders']) + ')' if not q['quiet'] else ''}, "
             f"{len(disturbed)} disturbed samples, RSS {q['rss_mib']} MiB")
     return noise
 
