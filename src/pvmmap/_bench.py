@@ -758,11 +758,21 @@ def run_all(args, configs, cpu, exclude, log):
     reps, noise = [], []
     k = len(configs)
     attempts = redos = 0
+    for w in range(args.warmup):
+        # Discarded: the first big allocations of a run pay extra (the host backs
+        # freed guest memory again), and config 0 would always be first.
+        for c in configs[w % k:] + configs[:w % k] if k else []:
+            try:
+                c.run()
+            except Exception:  # noqa: BLE001 - the measured repetitions report it
+                pass
+        log(f"warm-up repetition {w + 1}/{args.warmup} done (discarded)")
     while len(reps) < args.repeat:
         attempts += 1
         q = wait_quiet(cpu, args.quiet_timeout, args.quiet_cpus, exclude)
-        rot = attempts - 1
-        order = configs[rot % k:] + configs[:rot % k] if k else []
+        # rotate so that a different configuration goes first each time, spread over k
+        rot = (attempts - 1) * max(1, k // max(1, args.repeat)) % k if k else 0
+        order = configs[rot:] + configs[:rot]
         rep = {}
         for c in order:
             if c.error or c.skipped:
@@ -915,6 +925,8 @@ def build_parser(prog="pvmmap bench"):
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=parse_size, default=GIB, help="dense region size (default 1G)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions (default 5)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="discarded repetitions run first (default 1)")
     p.add_argument("--quick", action="store_true",
                    help="preset: --size 256M --repeat 3 --shared-sizes 64M,256M --quiet-timeout 10")
     p.add_argument("--groups", default="dense,sparse,shared",
@@ -1004,8 +1016,8 @@ def main(argv=None, prog="pvmmap bench"):
                   f"{fmt_ns(cold_ns)}\n")
     out.write(f"dense {fmt_size(args.size)}; sparse {fmt_size(args.sparse_reserve)} reservation "
               f"with {args.sparse_pages} x 4 KiB pages (seed {args.seed}); shared "
-              f"{', '.join(fmt_size(n) for n in shared_sizes)}; {args.repeat} repetitions, "
-              f"round-robin\n\n")
+              f"{', '.join(fmt_size(n) for n in shared_sizes)}; {args.repeat} repetitions "
+              f"(+{args.warmup} discarded warm-up), round-robin\n\n")
     print_table(rows, out)
     kept = [q for q in noise if not q["discarded"]]
     out.write("\nnoise per kept repetition (others' CPUs in a 0.5 s sample before it; waited s; "
