@@ -4,6 +4,7 @@ project's kernel port with PVMMAP_BACKEND=native."""
 import ctypes
 import errno
 import mmap
+import os
 
 import pytest
 
@@ -155,7 +156,8 @@ def test_hugetlb_source_is_efault(source, hugepages):
     assert info.value.errno == errno.EFAULT
 
 
-@pytest.mark.parametrize("case", ["flags", "length0", "src0", "pid0", "pid_negative",
+@pytest.mark.parametrize("case", ["flags", "length0", "src0", "src_in_page0", "pid0",
+                                  "pid_negative",
                                   "beyond_address_space", "kernel_thread"])
 def test_einval(anon, case):
     pid, src, length, flags = anon.pid, anon.addr["a"], PAGE, 0
@@ -165,6 +167,8 @@ def test_einval(anon, case):
         length = 0
     elif case == "src0":
         src = 0
+    elif case == "src_in_page0":
+        src = 100                                   # rounds down to 0
     elif case == "pid0":
         pid = 0
     elif case == "pid_negative":
@@ -180,6 +184,18 @@ def test_einval(anon, case):
         pvmmap.process_vm_mmap(pid, src, length, 0, flags)
     assert info.value.errno == errno.EINVAL
     assert maps_lines() == before
+
+
+def test_fixed_onto_own_source_range_is_refused():
+    buf = mmap.mmap(-1, 4 * PAGE)
+    buf[:4] = b"safe"
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    for flags, err in ((pvmmap.PVMMAP_FIXED, errno.EINVAL),
+                       (pvmmap.PVMMAP_FIXED_NOREPLACE, errno.EEXIST)):
+        with pytest.raises(OSError) as info:
+            pvmmap.process_vm_mmap(os.getpid(), addr, 2 * PAGE, addr + PAGE, flags)
+        assert info.value.errno == err
+    assert buf[:4] == b"safe"
 
 
 def test_no_such_process_is_esrch():

@@ -56,8 +56,8 @@ def check_args(pid, src, length, flags):
                        "only PVMMAP_FIXED and PVMMAP_FIXED_NOREPLACE exist")
     if length <= 0:
         raise os_error(errno.EINVAL, "length must be positive", pid, src, length)
-    if src <= 0:
-        raise os_error(errno.EINVAL, "source address must be nonzero", pid, src,
+    if page_down(src) <= 0:
+        raise os_error(errno.EINVAL, "source address is in page 0", pid, src,
                        length)
     if pid <= 0:
         raise os_error(errno.EINVAL, "pid must be positive", pid, src, length)
@@ -301,6 +301,12 @@ def emulate(pid, src, length, dst, flags, *, single, method="auto",
     if freeze and pid == os.getpid():
         raise os_error(errno.EINVAL, "freeze=True cannot stop the calling "
                        "process itself", pid, src, length)
+    if (flags == _native.FIXED and pid == os.getpid() and page_down(dst) < end
+            and page_down(dst) + (end - start) > start):
+        # It would unmap the very memory it is to copy (FIXED_NOREPLACE
+        # replaces nothing: it says EEXIST, as the kernel port does).
+        raise os_error(errno.EINVAL, "a FIXED destination overlaps the source "
+                       "range in the same process", pid, src, length)
     mem_fd = check_process(pid, start, end - start)
     pagemap_fd = -1
     pieces = []
