@@ -14,6 +14,14 @@ def maps_lines():
         return sum(1 for _ in f)
 
 
+def vm_size_kb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1])
+    return 0
+
+
 def thread_count():
     return len(os.listdir("/proc/self/task"))
 
