@@ -936,7 +936,9 @@ def targets(rows):
 
 
 def build_parser(prog="pvmmap bench"):
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog, description="Time pvmmap.clone() against the copies a user would write "
+        "without it (dense, sparse and shared memory of a child process) and print ratios.")
     p.add_argument("--size", type=parse_size, default=GIB, help="dense region size (default 1G)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions (default 5)")
     p.add_argument("--warmup", type=int, default=1,
@@ -947,10 +949,13 @@ def build_parser(prog="pvmmap bench"):
                    help="comma list of dense, sparse, shared (default: all)")
     p.add_argument("--chunk", type=parse_size, default=MIB,
                    help="process_vm_readv piece size of the readv baselines (default 1M)")
-    p.add_argument("--sparse-reserve", type=parse_size, default=64 * GIB)
-    p.add_argument("--sparse-pages", type=int, default=4096)
-    p.add_argument("--seed", type=int, default=2019)
-    p.add_argument("--shared-sizes", default="64M,1G,4G")
+    p.add_argument("--sparse-reserve", type=parse_size, default=64 * GIB,
+                   help="sparse MAP_NORESERVE reservation (default 64G)")
+    p.add_argument("--sparse-pages", type=int, default=4096,
+                   help="4 KiB pages written in it at random offsets (default 4096)")
+    p.add_argument("--seed", type=int, default=2019, help="seed of the sparse offsets")
+    p.add_argument("--shared-sizes", default="64M,1G,4G",
+                   help="MAP_SHARED|MAP_ANONYMOUS region sizes (default 64M,1G,4G)")
     p.add_argument("--shared-method", default="share",
                    help="Mapping.method expected from method='auto' on shared memory ('' = any)")
     p.add_argument("--scanners", default="native,ctypes",
