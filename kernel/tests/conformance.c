@@ -89,6 +89,8 @@ static void run(const char *name, void (*fn)(void))
 
 /* ---- helpers ------------------------------------------------------------ */
 
+static int write_file(const char *path, const char *val);
+
 static void *map(size_t len, int prot, int flags)
 {
 	void *p = mmap(NULL, len, prot, flags | MAP_ANONYMOUS, -1, 0);
@@ -742,6 +744,26 @@ static void t_special(void)
 	CHECK(n >= 2, "found %d of [vvar]/[vdso]", n);
 }
 
+static void t_hugetlb(void)
+{
+	size_t huge = 2UL << 20;
+	char *h;
+	long r;
+
+	write_file("/proc/sys/vm/nr_hugepages", "2");
+	h = mmap(NULL, huge, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (h == MAP_FAILED) {
+		skip("no hugetlb pages (CONFIG_HUGETLBFS off or none reserved)");
+		return;
+	}
+	h[0] = 1;
+	errno = 0;
+	r = pvm(getpid(), h, huge, NULL, 0);
+	CHECK(r == -1 && errno == EFAULT, "hugetlb source: %lx errno %d, want EFAULT", r, errno);
+	munmap(h, huge);
+}
+
 static void t_uffd(void)
 {
 	size_t len = 4 * pg;
@@ -1114,6 +1136,7 @@ int main(int argc, char **argv)
 	run("FIXED, FIXED_NOREPLACE (EEXIST), hint", t_fixed);
 	run("errors: EINVAL, ESRCH, EFAULT", t_errors);
 	run("[vvar] and [vdso]: EFAULT", t_special);
+	run("hugetlb source: EFAULT", t_hugetlb);
 	run("userfaultfd-registered source: ENOTSUPP (524)", t_uffd);
 	run("permission: EPERM/EACCES without ptrace access", t_perm);
 	run("THP source: whole PMDs, partial/misaligned split", t_thp);
