@@ -119,3 +119,25 @@ def test_method_native_with_emulated_backend_is_enosys_or_native():
         with pytest.raises(OSError) as info:
             pvmmap.clone(os.getpid(), addr, 4096, method="native")
         assert info.value.errno == errno.ENOSYS
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(os.environ.get("PVMMAP_BACKEND") != "native",
+                    reason="only where PVMMAP_BACKEND=native is forced (the VM run)")
+def test_forced_native_backend_has_the_kernel_call():
+    f = pvmmap.features()
+    assert f.native, f.native_reason
+    assert f.backend == pvmmap.backend == "native"
+    assert f.syscall_nr == _native.DEFAULT_SYSCALL_NR
+    assert "kallsyms" in f.native_reason
+    # and it really is the call: a page of ours cloned through it
+    import ctypes
+    import mmap
+    buf = mmap.mmap(-1, 4096)
+    buf[:6] = b"native"
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    dst = pvmmap.sys_process_vm_mmap(os.getpid(), addr, 4096, 0, 0)
+    try:
+        assert dst != addr and ctypes.string_at(dst, 6) == b"native"
+    finally:
+        pvmmap.munmap(dst, 4096)
