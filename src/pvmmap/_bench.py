@@ -891,8 +891,8 @@ def print_table(rows, out):
               "dist = samples during which other processes used CPU\n")
 
 
-def targets(rows):
-    """The issue's targets, evaluated on this run's medians (reported, never asserted)."""
+def targets(rows, dense_size=GIB):
+    """The issue's targets (stated for 1 GiB), on this run's medians (reported, never asserted)."""
     by = {(r["group"], r["name"]): r for r in rows}
 
     def med(group, prefix):
@@ -906,11 +906,13 @@ def targets(rows):
     pv_td = next((r.get("teardown_median_ns") for r in rows
                   if r["group"] == "dense" and r["reference"]), None)
     if pv and naive:
-        out.append(("dense: pvmmap >= 2x faster than the naive /proc/PID/mem read",
+        out.append((f"dense {fmt_size(dense_size)}: pvmmap >= 2x faster than the naive "
+                    "/proc/PID/mem read",
                     naive / pv >= 2, f"naive/pvmmap = {naive / pv:.2f}x"))
     if pv and cloop:
         both = pv + (pv_td or 0)
-        out.append(("dense: pvmmap no slower than the raw C readv loop into fresh memory",
+        out.append((f"dense {fmt_size(dense_size)}: pvmmap no slower than the raw C readv "
+                    "loop into fresh memory",
                     pv <= cloop,
                     f"pvmmap/C = {pv / cloop:.2f}x (clone+close vs C loop incl. munmap: "
                     f"{both / cloop:.2f}x)"))
@@ -1046,9 +1048,9 @@ def main(argv=None, prog="pvmmap bench"):
         out.write(f"{len(noise) - len(kept)} noisy repetitions were discarded and redone\n")
     out.write(f"max RSS of the harness between repetitions: "
               f"{max((q['rss_mib'] for q in noise), default=0)} MiB\n")
-    res = targets(rows)
+    res = targets(rows, args.size)
     if res:
-        out.write("\ntargets (reported, never asserted):\n")
+        out.write("\ntargets (stated for 1 GiB; reported, never asserted):\n")
         for what, met, detail in res:
             out.write(f"  [{'met' if met else 'NOT met'}] {what}: {detail}\n")
     if args.json:
