@@ -123,8 +123,16 @@ def features(refresh=False):
 
 def __getattr__(name):
     if name == "backend":
-        return features().backend
+        return _active_backend()
     raise AttributeError(f"module 'pvmmap' has no attribute {name!r}")
+
+
+def _active_backend():
+    """The backend in force; a forced one needs no detection (reading
+    /proc/kallsyms costs 60-150 ms once)."""
+    if _requested_backend != "auto":
+        return _requested_backend
+    return features().backend
 
 
 def _require_native(pid, src, length):
@@ -147,7 +155,7 @@ def process_vm_mmap(pid, src_addr, length, dst_addr=0, flags=0):
     """process_vm_mmap() with its exact C contract, on the active backend:
     map [src_addr, src_addr+length) of `pid` (one VMA, page-rounded) into this
     process and return the address.  Release it with munmap()."""
-    if features().backend == "native":
+    if _active_backend() == "native":
         _emulate.check_args(pid, src_addr, length, flags)
         return sys_process_vm_mmap(pid, src_addr, length, dst_addr, flags)
     base, _, _, _ = _emulate.emulate(pid, src_addr, length, dst_addr, flags,
@@ -226,7 +234,7 @@ def clone(pid, addr, length, *, dest=0, fixed=False, noreplace=False,
         flags = _native.FIXED_NOREPLACE
     elif fixed:
         flags = _native.FIXED
-    native = method == "native" or (method == "auto" and features().backend == "native")
+    native = method == "native" or (method == "auto" and _active_backend() == "native")
     if native:
         base, total, parts = _native_clone(pid, addr, length, dest, flags)
         methods, stats = ["native"] * len(parts), {}
