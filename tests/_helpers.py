@@ -1,8 +1,6 @@
-"""Small helpers for the tests: the source process (pvmmap._sample) and
-/proc readings of this process and others."""
+"""Small helpers for the tests: /proc readings of this process and others.
+The source process itself is pvmmap._sample.Source (see conftest.py)."""
 import os
-
-from pvmmap._sample import PAGE, Source, page_bytes, pattern  # noqa: F401
 
 
 def fd_count():
@@ -39,11 +37,3 @@ def rss_of(pid, start, end):
             elif head == "Rss:" and inside:
                 total += int(line.split()[1]) * 1024
     return total
-
-
-def vm_pte_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmPTE:"):
-                return int(line.split()[1])
-    return 0

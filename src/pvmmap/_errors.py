@@ -1,6 +1,5 @@
 """Errors: OSError with the contract's errno and a message a user can act on."""
 
-import errno
 import os
 
 #: The backends PVMMAP_BACKEND accepts; error messages are built from it.
@@ -32,5 +31,3 @@ def os_error(err, what, pid=None, start=None, length=None, hint=None):
         msg += f": {hint}"
     return OSError(err, msg)
 
-
-EOPNOTSUPP = errno.EOPNOTSUPP
