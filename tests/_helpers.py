@@ -3,13 +3,45 @@ The source process itself is pvmmap._sample.Source (see conftest.py)."""
 import os
 
 
-def fd_count():
-    return len(os.listdir("/proc/self/fd"))
-
-
-def maps_lines():
+def own_state():
+    """What a failed call must leave as it was: this process's open fds and
+    its VMAs (start, end, perms, path)."""
+    vmas = set()
     with open("/proc/self/maps") as f:
-        return sum(1 for _ in f)
+        for line in f:
+            fields = line.split(None, 5)
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            path = fields[5].strip() if len(fields) > 5 else ""
+            vmas.add((start, end, fields[1], path))
+    # The listing's own fd is closed by now: keep the fds that still resolve.
+    fds = {fd: _fd_target(fd) for fd in os.listdir("/proc/self/fd")}
+    return {(fd, t) for fd, t in fds.items() if t is not None}, vmas
+
+
+def leftovers(before):
+    """What is open or mapped now that was not in `before` (an own_state()).
+
+    Read-write anonymous VMAs are left out: Python's allocator maps and
+    unmaps them on its own (1 MiB arenas, malloc's large blocks; building an
+    exception may take a new arena), so counting /proc/self/maps lines is
+    not stable from one machine to the next.  What pvmmap could leave
+    behind still shows: its destination is reserved PROT_NONE before any
+    piece is placed, and a placed piece has the source's protection or
+    file.  Leaked read-write copies show in the address-space size, which
+    test_leaks watches over hundreds of failures."""
+    fds, vmas = own_state()
+    new_fds = fds - before[0]
+    new_vmas = [v for v in sorted(vmas - before[1])
+                if not (v[2] == "rw-p" and v[3] == "")]
+    return ([f"fd {fd} -> {target}" for fd, target in sorted(new_fds)] +
+            [f"{s:x}-{e:x} {perms} {path}" for s, e, perms, path in new_vmas])
+
+
+def _fd_target(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        return None
 
 
 def vm_size_kb():

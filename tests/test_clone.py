@@ -11,7 +11,7 @@ import pytest
 import pvmmap
 from pvmmap._sample import PAGE, page_bytes, pattern
 
-from _helpers import fd_count, maps_lines, rss_of
+from _helpers import leftovers, own_state, rss_of
 
 MiB = 1 << 20
 native = pvmmap.features().backend == "native"
@@ -195,12 +195,12 @@ def test_clone_spans_adjacent_vmas_of_different_kinds(source, clones):
 def test_hole_inside_the_range_is_efault_and_leaves_nothing(source):
     s = source([dict(name="a", kind="anon", size=8 * PAGE, seed=1)])
     s.unmap(s.addr["a"] + 4 * PAGE, PAGE)
-    before = (maps_lines(), fd_count())
+    before = own_state()
     with pytest.raises(OSError) as info:
         pvmmap.clone(s.pid, s.addr["a"], 8 * PAGE)
     assert info.value.errno == errno.EFAULT
     assert "hole" in str(info.value) or native
-    assert (maps_lines(), fd_count()) == before
+    assert leftovers(before) == []
 
 
 @pytest.mark.kernel
@@ -283,9 +283,9 @@ def test_freeze_of_ourselves_is_einval():
 
 def test_destination_beyond_the_address_space_is_enomem(source):
     s = source([dict(name="r", kind="anon", size=4 * PAGE)])
-    before = (maps_lines(), fd_count())
+    before = own_state()
     with pytest.raises(OSError) as info:
         pvmmap.clone(s.pid, s.addr["r"], 2 * PAGE, dest=(1 << 47) - PAGE, fixed=True)
     assert info.value.errno == errno.ENOMEM
     assert "destination" in str(info.value)
-    assert (maps_lines(), fd_count()) == before
+    assert leftovers(before) == []

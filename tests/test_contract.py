@@ -11,7 +11,7 @@ import pytest
 import pvmmap
 from pvmmap._sample import PAGE, page_bytes
 
-from _helpers import maps_lines
+from _helpers import leftovers, own_state
 
 pytestmark = pytest.mark.kernel
 MiB = 1 << 20
@@ -59,13 +59,13 @@ def test_fixed_noreplace_refuses_mapped_destination(anon):
     holder = mmap.mmap(-1, 2 * PAGE)
     holder[:4] = b"keep"
     dst = ctypes.addressof(ctypes.c_char.from_buffer(holder))
-    before = maps_lines()
+    before = own_state()
     with pytest.raises(FileExistsError) as info:
         pvmmap.process_vm_mmap(anon.pid, anon.addr["a"], PAGE, dst,
                                pvmmap.PVMMAP_FIXED_NOREPLACE)
     assert info.value.errno == errno.EEXIST
     assert holder[:4] == b"keep"
-    assert maps_lines() == before
+    assert leftovers(before) == []
 
 
 def test_fixed_noreplace_places_at_a_free_destination(anon, raw_maps):
@@ -81,11 +81,11 @@ def test_fixed_noreplace_places_at_a_free_destination(anon, raw_maps):
 def test_range_across_two_vmas_is_efault(source):
     s = source([dict(name="a", kind="anon", size=4 * PAGE, seed=1)])
     s.mprotect(s.addr["a"] + 2 * PAGE, 2 * PAGE, "r")     # now two VMAs
-    before = maps_lines()
+    before = own_state()
     with pytest.raises(OSError) as info:
         pvmmap.process_vm_mmap(s.pid, s.addr["a"], 4 * PAGE)
     assert info.value.errno == errno.EFAULT
-    assert maps_lines() == before
+    assert leftovers(before) == []
 
 
 def test_range_over_a_hole_is_efault(source):
@@ -117,11 +117,11 @@ def test_userfaultfd_registered_source_is_eopnotsupp(anon):
     anon.register_uffd(anon.addr["b"], MiB)
     flags = {r.start: r.flags for r in pvmmap.maps(anon.pid)}
     assert "um" in flags[anon.addr["b"]]           # smaps agrees it is registered
-    before = maps_lines()
+    before = own_state()
     with pytest.raises(OSError) as info:
         pvmmap.process_vm_mmap(anon.pid, anon.addr["b"], PAGE)
     assert info.value.errno == errno.EOPNOTSUPP
-    assert maps_lines() == before
+    assert leftovers(before) == []
     # The other region is not registered and still clones.
     addr = pvmmap.process_vm_mmap(anon.pid, anon.addr["a"], PAGE)
     assert own_bytes(addr, PAGE) == page_bytes(5, 0)
@@ -179,11 +179,11 @@ def test_einval(anon, case):
         pid = 2                                     # kthreadd
         with open("/proc/2/stat") as f:
             assert "kthreadd" in f.read()
-    before = maps_lines()
+    before = own_state()
     with pytest.raises(OSError) as info:
         pvmmap.process_vm_mmap(pid, src, length, 0, flags)
     assert info.value.errno == errno.EINVAL
-    assert maps_lines() == before
+    assert leftovers(before) == []
 
 
 def test_fixed_onto_own_source_range_is_refused():
