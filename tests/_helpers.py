@@ -21,9 +21,9 @@ def own_state():
 def leftovers(before):
     """What is open or mapped now that was not in `before` (an own_state()).
 
-    Read-write anonymous VMAs are left out: Python's allocator maps and
-    unmaps them on its own (1 MiB arenas, malloc's large blocks; building an
-    exception may take a new arena), so counting /proc/self/maps lines is
+    Read-write anonymous VMAs and the [heap] are left out: Python's
+    allocator maps, unmaps and grows them on its own (1 MiB arenas, malloc's
+    large blocks, brk; building an exception may take a new arena), so counting /proc/self/maps lines is
     not stable from one machine to the next.  What pvmmap could leave
     behind still shows: its destination is reserved PROT_NONE before any
     piece is placed, and a placed piece has the source's protection or
@@ -32,7 +32,7 @@ def leftovers(before):
     fds, vmas = own_state()
     new_fds = fds - before[0]
     new_vmas = [v for v in sorted(vmas - before[1])
-                if not (v[2] == "rw-p" and v[3] == "")]
+                if not (v[2] == "rw-p" and v[3] in ("", "[heap]"))]
     return ([f"fd {fd} -> {target}" for fd, target in sorted(new_fds)] +
             [f"{s:x}-{e:x} {perms} {path}" for s, e, perms, path in new_vmas])
 
@@ -42,6 +42,24 @@ def _fd_target(fd):
         return os.readlink(f"/proc/self/fd/{fd}")
     except FileNotFoundError:
         return None
+
+
+def user_space_end():
+    """Where this kernel's user address space ends (TASK_SIZE_MAX): a page
+    at 2^47 can be mapped only with 5-level page tables."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    probe = 1 << 47
+    got = libc.mmap(probe, mmap.PAGESIZE, 0,
+                    mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x100000, -1, 0)
+    if got in (None, ctypes.c_void_p(-1).value):
+        return probe - mmap.PAGESIZE
+    libc.munmap(ctypes.c_void_p(got), ctypes.c_size_t(mmap.PAGESIZE))
+    return (1 << 56) - mmap.PAGESIZE if got == probe else probe - mmap.PAGESIZE
 
 
 def vm_size_kb():

@@ -11,7 +11,7 @@ import pytest
 import pvmmap
 from pvmmap._sample import PAGE, page_bytes, pattern
 
-from _helpers import leftovers, own_state, rss_of
+from _helpers import leftovers, own_state, rss_of, user_space_end
 
 MiB = 1 << 20
 native = pvmmap.features().backend == "native"
@@ -285,7 +285,7 @@ def test_destination_beyond_the_address_space_is_enomem(source):
     s = source([dict(name="r", kind="anon", size=4 * PAGE)])
     before = own_state()
     with pytest.raises(OSError) as info:
-        pvmmap.clone(s.pid, s.addr["r"], 2 * PAGE, dest=(1 << 47) - PAGE, fixed=True)
+        pvmmap.clone(s.pid, s.addr["r"], 2 * PAGE, dest=user_space_end(), fixed=True)
     assert info.value.errno == errno.ENOMEM
     assert "destination" in str(info.value)
     assert leftovers(before) == []

@@ -11,7 +11,7 @@ import pytest
 import pvmmap
 from pvmmap._sample import PAGE, page_bytes
 
-from _helpers import leftovers, own_state
+from _helpers import leftovers, own_state, user_space_end
 
 pytestmark = pytest.mark.kernel
 MiB = 1 << 20
@@ -111,6 +111,42 @@ def test_special_mappings_are_efault(anon, name):
     assert info.value.errno == errno.EFAULT
 
 
+def test_aio_ring_is_efault():
+    """An aio ring ("/[aio]") is VM_DONTEXPAND behind a path that looks like
+    a file: maps alone would let it through."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ctx = ctypes.c_ulong(0)
+    if libc.syscall(206, 1, ctypes.byref(ctx)) < 0:             # io_setup
+        pytest.skip(f"io_setup: {os.strerror(ctypes.get_errno())} (no CONFIG_AIO?)")
+    try:
+        ring = next(r for r in pvmmap.maps(os.getpid()) if r.path.startswith("/[aio]"))
+        assert "de" in ring.flags
+        before = own_state()
+        with pytest.raises(OSError) as info:
+            pvmmap.process_vm_mmap(os.getpid(), ring.start, PAGE)
+        assert info.value.errno == errno.EFAULT
+        with pytest.raises(OSError) as info:
+            pvmmap.clone(os.getpid(), ring.start, PAGE)
+        assert info.value.errno == errno.EFAULT
+        assert leftovers(before) == []
+    finally:
+        libc.syscall(207, ctx)                                  # io_destroy
+
+
+def test_protection_key_of_another_process_is_efault(anon):
+    try:
+        key = anon.pkey_mprotect(anon.addr["b"], 2 * PAGE)
+    except OSError as e:
+        pytest.skip(f"pkey_alloc/pkey_mprotect: {e.strerror} (no PKU?)")
+    assert key > 0
+    with pytest.raises(OSError) as info:
+        pvmmap.process_vm_mmap(anon.pid, anon.addr["b"], PAGE)
+    assert info.value.errno == errno.EFAULT
+    # The untagged rest of b is its own VMA again and clones.
+    with pvmmap.clone(anon.pid, anon.addr["b"] + 2 * PAGE, PAGE) as m:
+        assert m.tobytes() == page_bytes(6, 2)
+
+
 def test_userfaultfd_registered_source_is_eopnotsupp(anon):
     if not pvmmap.features().uffd == "full":
         pytest.skip("userfaultfd not available: " + pvmmap.features().uffd_reason)
@@ -174,7 +210,7 @@ def test_einval(anon, case):
     elif case == "pid_negative":
         pid = -5
     elif case == "beyond_address_space":
-        src, length = (1 << 47) - PAGE, 2 * PAGE
+        src, length = user_space_end(), 2 * PAGE
     elif case == "kernel_thread":
         pid = 2                                     # kthreadd
         with open("/proc/2/stat") as f:

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import pvmmap
-from pvmmap._maps import classify
+from pvmmap._maps import Region, classify, read_smaps
 
 
 def test_maps_classifies_the_sample(source, datafile):
@@ -36,10 +36,47 @@ def test_maps_classifies_the_sample(source, datafile):
     ("rw-s", 5, "/dev/zero (deleted)", None, "shared-anon"),
     ("rw-s", 5, "/anon_hugepage (deleted)", None, "hugetlb"),
     ("rw-s", 5, "/dev/mem", frozenset({"io", "pf"}), "special"),
+    ("rw-s", 7, "/dev/dri/card0", frozenset({"mm"}), "special"),
+    ("rw-s", 8, "/[aio] (deleted)", frozenset({"de"}), "special"),
     ("r-xp", 9, "/usr/lib/libc.so.6", None, "private-file"),
 ])
 def test_classify(perms, inode, path, flags, kind):
     assert classify(perms, inode, path, flags) == kind
+
+
+@pytest.mark.parametrize("path,plain", [
+    ("", True), ("[heap]", True), ("/memfd:x (deleted)", True),
+    ("/dev/zero (deleted)", True),
+    ("/usr/lib/libc.so.6", True), ("/SYSV00000000 (deleted)", True),
+    ("/[aio] (deleted)", False), ("anon_inode:[perf_event]", False),
+    ("/dev/dri/card0", False), ("/dmabuf:", False), ("[anon:named]", False),
+])
+def test_plain_paths_need_no_smaps(path, plain):
+    assert Region(0, 4096, "rw-s", 0, "00:01", 1, path).plain is plain
+
+
+def test_read_smaps_of_a_range_reads_just_that_range(source):
+    s = source([dict(name="a", kind="anon", size=1 << 16),
+                dict(name="b", kind="shared", size=1 << 16)])
+    lo = min(s.addr["a"], s.addr["b"])
+    hi = max(s.addr["a"], s.addr["b"]) + (1 << 16)
+    inside = read_smaps(s.pid, lo, hi)
+    everything = read_smaps(s.pid)
+    assert [r.start for r in inside] == [r.start for r in everything
+                                         if r.end > lo and r.start < hi]
+    assert {s.addr["a"], s.addr["b"]} <= {r.start for r in inside}
+    assert all(r.flags and "rd" in r.flags for r in inside)
+    assert len(everything) > len(inside)
+
+
+def test_address_space_end_is_the_kernels():
+    from pvmmap._emulate import task_size
+    from _helpers import user_space_end
+    assert task_size() == user_space_end()
+    with open("/proc/cpuinfo") as f:
+        la57 = any(line.startswith("flags") and " la57" in line for line in f)
+    if not la57:
+        assert task_size() == (1 << 47) - 4096
 
 
 def test_features_say_why():

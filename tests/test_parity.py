@@ -1,7 +1,9 @@
 """Same input, same exception type and errno, whichever way in: the exact
 call, clone() with each method.  Marked `kernel`, so the VM run compares the
 native backend against the same table: that is the parity between backends."""
+import ctypes
 import errno
+import os
 
 import pytest
 
@@ -17,13 +19,42 @@ def src():
     from pvmmap._sample import Source
     s = Source([dict(name="a", kind="anon", size=4 * PAGE),
                 dict(name="u", kind="anon", size=4 * PAGE)])
-    s.unmap(s.addr["a"] + 2 * PAGE, PAGE)
-    s.register_uffd(s.addr["u"], 4 * PAGE)
-    yield s
-    s.close()
+    h = Source([dict(name="h", kind="anon", size=4 * PAGE)])
+    try:
+        s.unmap(s.addr["a"] + 2 * PAGE, PAGE)
+        s.register_uffd(s.addr["u"], 4 * PAGE)
+        held = hand_off_uffd(h, h.addr["h"], 4 * PAGE)
+        yield s, h
+        os.close(held)
+    finally:
+        s.close()
+        h.close()
 
 
-def cases(s):
+def hand_off_uffd(s, addr, n):
+    """Register [addr, addr+n) in s, then take the uffd over as a lazy-pages
+    daemon would (pidfd_getfd) and have s close its own: the VMA stays
+    registered while s holds no userfaultfd at all."""
+    theirs = s.register_uffd(addr, n)
+    pidfd = os.pidfd_open(s.pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ours = libc.syscall(438, pidfd, theirs, 0)          # pidfd_getfd
+        if ours < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd")
+    finally:
+        os.close(pidfd)
+    s.close_fd(theirs)
+    fds = os.listdir(f"/proc/{s.pid}/fd")
+    assert not any(os.readlink(f"/proc/{s.pid}/fd/{fd}") == "anon_inode:[userfaultfd]"
+                   for fd in fds if os.path.exists(f"/proc/{s.pid}/fd/{fd}"))
+    flags = {r.start: r.flags for r in pvmmap.maps(s.pid)}
+    assert "um" in flags[addr]
+    return ours
+
+
+def cases(sources):
+    s, h = sources
     vdso = next(r.start for r in pvmmap.maps(s.pid) if r.path == "[vdso]")
     return {
         "length 0": ((s.pid, s.addr["a"], 0), errno.EINVAL, OSError),
@@ -35,6 +66,7 @@ def cases(s):
         "hole": ((s.pid, s.addr["a"] + 2 * PAGE, PAGE), errno.EFAULT, OSError),
         "vdso": ((s.pid, vdso, PAGE), errno.EFAULT, OSError),
         "uffd": ((s.pid, s.addr["u"], PAGE), errno.EOPNOTSUPP, OSError),
+        "uffd handed off": ((h.pid, h.addr["h"], PAGE), errno.EOPNOTSUPP, OSError),
     }
 
 

@@ -13,6 +13,7 @@ and a failure after that unmaps what was made: nothing half-made is left.
 """
 
 import errno
+import functools
 import mmap
 import os
 import stat
@@ -22,8 +23,6 @@ from pvmmap import _maps, _native
 from pvmmap._errors import os_error
 
 PAGE = mmap.PAGESIZE
-# x86_64 with 4-level page tables: TASK_SIZE_MAX.
-TASK_SIZE = (1 << 47) - PAGE
 PF_KTHREAD = 0x00200000
 
 MAP_FIXED = 0x10
@@ -45,6 +44,23 @@ def page_up(x):
     return (x + PAGE - 1) & ~(PAGE - 1)
 
 
+@functools.lru_cache(maxsize=None)
+def task_size():
+    """The end of the user address space, the kernel's TASK_SIZE_MAX:
+    2^47 - PAGE with 4-level page tables, 2^56 - PAGE with 5-level ones
+    (x86_64 la57).  A page asked for at 2^47 tells which: only a 5-level
+    kernel can place it (and then only when asked, so nothing else moves)."""
+    probe = 1 << 47
+    try:
+        got = _native.mmap_raw(probe, PAGE, PROT_NONE, mmap.MAP_PRIVATE
+                               | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    except OSError as e:
+        # EEXIST: something is mapped there already, so it is reachable.
+        return probe - PAGE if e.errno != errno.EEXIST else (1 << 56) - PAGE
+    _native.munmap_raw(got, PAGE)     # before 4.17 the flag was only a hint
+    return (1 << 56) - PAGE if got == probe else probe - PAGE
+
+
 def check_args(pid, src, length, flags):
     """The contract's EINVAL cases.  Returns the page-rounded (start, end)."""
     for name, v in (("pid", pid), ("address", src), ("length", length),
@@ -62,7 +78,7 @@ def check_args(pid, src, length, flags):
     if pid <= 0:
         raise os_error(errno.EINVAL, "pid must be positive", pid, src, length)
     start, end = page_down(src), page_up(src + length)
-    if end > TASK_SIZE:
+    if end > task_size():
         raise os_error(errno.EINVAL, "range beyond the user address space", pid,
                        src, length)
     return start, end
@@ -151,19 +167,35 @@ def plan(pid, start, end, single):
         raise os_error(errno.EFAULT, "range spans more than one VMA", pid, start,
                        end - start, "process_vm_mmap maps one VMA; use "
                        "pvmmap.clone() to span several")
-    # VmFlags (smaps) are dear: a walk of the page tables.  The only refusal
-    # maps cannot show is userfaultfd registration, which needs a uffd.
-    if _maps.has_userfaultfd(pid):
-        flagged = {(r.start, r.end): r for r in _maps.read_smaps(pid)}
+    if _need_flags(pid, pieces):
+        flagged = {(r.start, r.end): r for r in _maps.read_smaps(pid, start, end)}
         for p in pieces:
             p.region = flagged.get((p.region.start, p.region.end), p.region)
     for p in pieces:
         refusal = p.region.refusal()
+        if not refusal and p.region.pkey and pid != os.getpid():
+            refusal = errno.EFAULT, f"tagged with protection key {p.region.pkey}"
         if refusal:
             err, why = refusal
             raise os_error(err, f"source VMA {p.region.start:#x}-"
                            f"{p.region.end:#x} is {why}", pid, start, end - start)
     return pieces
+
+
+def _need_flags(pid, pieces):
+    """Whether the refusals need smaps' VmFlags, which cost a walk of the
+    page tables up to the range (about 13 ms per populated GiB).
+
+    Pieces that are copied pay it: the copy walks those pages anyway, and
+    a VMA registered with userfaultfd (lazy restore, post-copy migration)
+    often belongs to a process that has handed its uffd to a daemon.
+    Shared pieces are mapped in well under a millisecond, whatever their
+    size, so they are checked only when maps cannot tell (an anon_inode or
+    device-like VMA) or when the source holds a userfaultfd itself."""
+    if any(_maps.KINDS[p.region.kind] != "share" or not p.region.plain
+           for p in pieces):
+        return True
+    return _maps.has_userfaultfd(pid)
 
 
 def _same_file(st, region):
@@ -186,6 +218,14 @@ def open_object(pid, region, writable):
     except FileNotFoundError:
         raise os_error(errno.ESRCH, "source VMA vanished", pid, region.start,
                        region.size) from None
+    except OSError as e:
+        if e.errno not in (errno.ENXIO, errno.ENODEV):
+            raise
+        # The object cannot be opened again (aio rings, some drivers): it
+        # could not be mapped a second time either.
+        raise os_error(errno.EFAULT, f"source VMA {region.start:#x}-"
+                       f"{region.end:#x} is a special mapping ({region.path})",
+                       pid, region.start, region.size) from None
     candidates = []
     if not region.deleted and region.path.startswith("/"):
         candidates.append(region.path)

@@ -22,10 +22,12 @@ KINDS = {
 
 # VmFlags (fs/proc/task_mmu.c) that make the contract refuse a source VMA.
 _EFAULT_FLAGS = {"ht": "hugetlb", "io": "VM_IO", "pf": "VM_PFNMAP",
-                 "de": "VM_DONTEXPAND"}
+                 "mm": "VM_MIXEDMAP", "de": "VM_DONTEXPAND"}
 _UFFD_FLAGS = {"um", "uw", "ui"}
 _SPECIAL_PATHS = {"[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]"}
 HUGETLBFS_MAGIC = 0x958458F6
+# Paths of kernel-made objects whose VMAs may carry the refused flags.
+_UNPLAIN_PREFIXES = ("/[", "/dev/", "/dmabuf")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Region:
     path: str
     flags: frozenset = None     # VmFlags from smaps; None when not read
     kind: str = field(default="private-anon")
+    pkey: int = 0               # smaps' ProtectionKey (x86 PKU), 0 without
 
     @property
     def size(self):
@@ -73,12 +76,25 @@ class Region:
         if self.kind == "hugetlb":
             return errno.EFAULT, "a hugetlb mapping"
         if self.kind == "special":
-            what = self.path or ", ".join(
-                v for k, v in _EFAULT_FLAGS.items() if self.flags and k in self.flags)
+            named = ", ".join(v for k, v in _EFAULT_FLAGS.items()
+                              if self.flags and k in self.flags)
+            what = ": ".join(x for x in (self.file_path, named) if x)
             return errno.EFAULT, f"a special mapping ({what or 'VM_IO/VM_PFNMAP'})"
         if self.flags and self.flags & _UFFD_FLAGS:
             return errno.EOPNOTSUPP, "registered with userfaultfd"
         return None
+
+    @property
+    def plain(self):
+        """True if maps alone tells all the contract needs about this VMA:
+        anonymous memory, SysV shm, memfd or a file with a path.  Others
+        (an aio ring "/[aio]", anon_inode:[perf_event], io_uring rings,
+        dma-bufs, devices) may carry VM_IO, VM_PFNMAP, VM_MIXEDMAP or
+        VM_DONTEXPAND, which only smaps shows."""
+        path = self.path
+        if not path or path in ("[heap]", "[stack]") or path.startswith("/dev/zero"):
+            return True
+        return (path.startswith("/") and not path.startswith(_UNPLAIN_PREFIXES))
 
     def __repr__(self):
         return (f"Region({self.start:#x}-{self.end:#x} {self.perms} "
@@ -92,7 +108,7 @@ def classify(perms, inode, path, flags=None):
     if flags is not None:
         if "ht" in flags:
             return "hugetlb"
-        if flags & {"io", "pf", "de"}:
+        if flags & {"io", "pf", "mm", "de"}:
             return "special"
     if path.startswith("/anon_hugepage"):
         return "hugetlb"
@@ -153,17 +169,29 @@ def has_memory(pid):
         return bool(f.read(1))
 
 
-def read_smaps(pid):
-    """Regions of pid with VmFlags from /proc/PID/smaps.  Costs a walk of the
-    page tables (about 13 ms per populated GiB here)."""
-    regions = []
+def read_smaps(pid, start=0, end=None):
+    """Regions of pid with VmFlags (and protection keys) from
+    /proc/PID/smaps; only those overlapping [start, end) if given.  Costs a
+    walk of the page tables (about 13 ms per populated GiB here) of every
+    VMA it prints: reading stops after `end`, so the VMAs above the range
+    are not walked."""
+    regions, keep = [], False
     with _open_proc(pid, "smaps") as f:
         for line in f:
             head = line.split(None, 1)[0]
             if "-" in head and not head.endswith(":"):
-                regions.append(_parse_line(line))
+                r = _parse_line(line)
+                if end is not None and r.start >= end:
+                    break
+                keep = r.end > start
+                if keep:
+                    regions.append(r)
+            elif not keep:
+                continue
             elif head == "VmFlags:":
                 regions[-1].flags = frozenset(line.split()[1:])
+            elif head == "ProtectionKey:":
+                regions[-1].pkey = int(line.split()[1])
     for r in regions:
         r.kind = classify(r.perms, r.inode, r.path, r.flags)
     return regions

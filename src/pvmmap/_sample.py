@@ -8,9 +8,8 @@ Run as `python -m pvmmap._sample SPEC_JSON`.  SPEC is a list of regions:
    "after": name (placed right after that region; a spec using "after" is
    laid out in order, each region right after the one before)}
 It prints one JSON line {name: address, ..., "pid": pid}, then serves JSON
-commands on stdin, one per line (write, read, prot, unmap, spin, uffd,
-exit), answering
-each.
+commands on stdin, one per line (write, read, prot, pkey, unmap, spin,
+uffd, close, exit), answering each.
 """
 import ctypes
 import json
@@ -152,8 +151,20 @@ def main():
             start_spinner(cmd["first"], cmd["last"])
             print(json.dumps({"ok": True}), flush=True)
         elif op == "uffd":
-            keep.append(register_uffd(cmd["addr"], cmd["n"]))
+            fd = register_uffd(cmd["addr"], cmd["n"])
+            keep.append(fd)
+            print(json.dumps({"ok": True, "fd": fd}), flush=True)
+        elif op == "close":
+            os.close(cmd["fd"])
+            keep.remove(cmd["fd"])
             print(json.dumps({"ok": True}), flush=True)
+        elif op == "pkey":
+            key = libc.syscall(330, 0, 0)                  # pkey_alloc
+            rc = key if key < 0 else libc.syscall(        # pkey_mprotect
+                329, ctypes.c_void_p(cmd["addr"]), ctypes.c_size_t(cmd["n"]),
+                PROTS[cmd["prot"]], key)
+            print(json.dumps({"key": key, "errno": ctypes.get_errno() if rc < 0 else 0}),
+                  flush=True)
         elif op == "prot":
             rc = libc.mprotect(cmd["addr"], cmd["n"], PROTS[cmd["prot"]])
             print(json.dumps({"ok": rc == 0}), flush=True)
@@ -197,7 +208,20 @@ class Source:
         assert self._ask(op="spin", first=first, last=last)["ok"]
 
     def register_uffd(self, addr, n):
-        assert self._ask(op="uffd", addr=addr, n=n)["ok"]
+        """Registers [addr, addr+n) with a new userfaultfd held by the
+        source; returns its fd number there."""
+        return self._ask(op="uffd", addr=addr, n=n)["fd"]
+
+    def close_fd(self, fd):
+        assert self._ask(op="close", fd=fd)["ok"]
+
+    def pkey_mprotect(self, addr, n, prot="rw"):
+        """Tags [addr, addr+n) with a new protection key; returns the key
+        or raises OSError (ENOSPC, EINVAL, ENOSYS without PKU)."""
+        answer = self._ask(op="pkey", addr=addr, n=n, prot=prot)
+        if answer["errno"]:
+            raise OSError(answer["errno"], os.strerror(answer["errno"]))
+        return answer["key"]
 
     def mprotect(self, addr, n, prot):
         assert self._ask(op="prot", addr=addr, n=n, prot=prot)["ok"]
