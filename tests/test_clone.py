@@ -11,7 +11,7 @@ import pytest
 import pvmmap
 from pvmmap._sample import PAGE, page_bytes, pattern
 
-from _helpers import leftovers, own_state, rss_of, user_space_end
+from _helpers import leftovers, own_state, present_bytes, user_space_end
 
 MiB = 1 << 20
 native = pvmmap.features().backend == "native"
@@ -146,12 +146,12 @@ def test_holes_stay_holes(source, clones):
     size, pages = 64 * MiB, [0, 1, 777, 16383]
     s = source([dict(name="r", kind="anon", size=size, fill=pages, seed=8)])
     a = s.addr["r"]
-    before = rss_of(s.pid, a, a + size)
+    before = present_bytes(s.pid, a, a + size)
     assert before == len(pages) * PAGE
     m = clones(s.pid, a, size)
     for i in pages:
         assert m[i * PAGE:(i + 1) * PAGE] == page_bytes(8, i)
-    assert rss_of(s.pid, a, a + size) == before        # source not faulted in
+    assert present_bytes(s.pid, a, a + size) == before        # source not faulted in
     # In the clone only the source's pages exist (native: shared until written).
     present = pvmmap._native.scan_pages(os.getpid(), m.address, size)
     assert sum(e - b for b, e in present) == len(pages) * PAGE
