@@ -74,6 +74,13 @@ def thread_count():
     return len(os.listdir("/proc/self/task"))
 
 
+def region_at(pid, addr):
+    """The pvmmap.maps() region of pid holding addr.  (Looking regions up by
+    start address breaks when an anonymous region merges with a neighbour.)"""
+    import pvmmap
+    return next(r for r in pvmmap.maps(pid) if r.start <= addr < r.end)
+
+
 def present_bytes(pid, start, end):
     """Bytes of [start, end) of pid that have a page (present or swapped),
     from /proc/PID/pagemap.  Unlike smaps' Rss it does not depend on how

@@ -11,7 +11,7 @@ import pytest
 import pvmmap
 from pvmmap._sample import PAGE, page_bytes
 
-from _helpers import leftovers, own_state, user_space_end
+from _helpers import leftovers, own_state, region_at, user_space_end
 
 pytestmark = pytest.mark.kernel
 MiB = 1 << 20
@@ -151,8 +151,7 @@ def test_userfaultfd_registered_source_is_eopnotsupp(anon):
     if not pvmmap.features().uffd == "full":
         pytest.skip("userfaultfd not available: " + pvmmap.features().uffd_reason)
     anon.register_uffd(anon.addr["b"], MiB)
-    flags = {r.start: r.flags for r in pvmmap.maps(anon.pid)}
-    assert "um" in flags[anon.addr["b"]]           # smaps agrees it is registered
+    assert "um" in region_at(anon.pid, anon.addr["b"]).flags           # smaps agrees it is registered
     before = own_state()
     with pytest.raises(OSError) as info:
         pvmmap.process_vm_mmap(anon.pid, anon.addr["b"], PAGE)
@@ -186,7 +185,7 @@ def test_hugetlb_source_is_efault(source, hugepages):
         s = source([dict(name="h", kind="hugetlb", size=2 * MiB, fill=[0])])
     except RuntimeError:
         pytest.skip("MAP_HUGETLB failed in the source (no hugetlbfs or no pages)")
-    assert [r.kind for r in pvmmap.maps(s.pid) if r.start == s.addr["h"]] == ["hugetlb"]
+    assert region_at(s.pid, s.addr["h"]).kind == "hugetlb"
     with pytest.raises(OSError) as info:
         pvmmap.process_vm_mmap(s.pid, s.addr["h"], PAGE)
     assert info.value.errno == errno.EFAULT

@@ -10,6 +10,8 @@ import pytest
 import pvmmap
 from pvmmap._sample import PAGE
 
+from _helpers import region_at
+
 pytestmark = pytest.mark.kernel
 NO_SUCH_PID = 0x3FFFFFFF
 
@@ -48,8 +50,7 @@ def hand_off_uffd(s, addr, n):
     fds = os.listdir(f"/proc/{s.pid}/fd")
     assert not any(os.readlink(f"/proc/{s.pid}/fd/{fd}") == "anon_inode:[userfaultfd]"
                    for fd in fds if os.path.exists(f"/proc/{s.pid}/fd/{fd}"))
-    flags = {r.start: r.flags for r in pvmmap.maps(s.pid)}
-    assert "um" in flags[addr]
+    assert "um" in region_at(s.pid, addr).flags
     return ours
 
 
