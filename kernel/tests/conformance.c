@@ -744,6 +744,69 @@ static void t_special(void)
 	CHECK(n >= 2, "found %d of [vvar]/[vdso]", n);
 }
 
+/* An aio ring is VM_DONTEXPAND: refused like [vdso]. */
+static void t_aio_ring(void)
+{
+	unsigned long ctx = 0;          /* aio_context_t: the ring's address */
+	long r;
+
+	if (syscall(SYS_io_setup, 1, &ctx) != 0) {
+		skip("io_setup failed (CONFIG_AIO off?)");
+		return;
+	}
+	errno = 0;
+	r = pvm(getpid(), (void *)ctx, pg, NULL, 0);
+	CHECK(r == -1 && errno == EFAULT, "aio ring: %lx errno %d, want EFAULT", r, errno);
+	syscall(SYS_io_destroy, ctx);
+}
+
+/* A range tagged with a protection key other than 0 is refused when it
+ * belongs to another process (keys are allocated per process), and clones
+ * within the process that owns the key. */
+static void t_pkey(void)
+{
+	size_t len = 2 * pg;
+	char *a = mk_private(len);
+	int go[2], done[2];
+	char c = 0;
+	long r;
+
+	fill(a, len, 21);
+	if (pipe(go) || pipe(done)) {
+		FAIL("pipe: %s", strerror(errno));
+		return;
+	}
+	pid_t child = fork();
+	if (child == 0) {
+		int key = syscall(SYS_pkey_alloc, 0, 0);
+		c = key > 0 && syscall(SYS_pkey_mprotect, a, len,
+				       PROT_READ | PROT_WRITE, key) == 0 ? 'k' : 'n';
+		if (c == 'k') {         /* within the owner: allowed */
+			long own = syscall(nr, getpid(), a, len, NULL, 0);
+			c = own == -1 ? 'o' : 'k';
+		}
+		if (write(done[1], &c, 1) != 1 || read(go[0], &c, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	if (read(done[0], &c, 1) != 1)
+		c = 0;
+	if (c == 'n') {
+		skip("no protection keys (pkey_alloc/pkey_mprotect failed: no PKU)");
+	} else {
+		CHECK(c == 'k', "clone of its own pkey range failed in the child (%c)", c);
+		errno = 0;
+		r = pvm(child, a, len, NULL, 0);
+		CHECK(r == -1 && errno == EFAULT, "pkey range of another process: %lx errno %d,"
+		      " want EFAULT", r, errno);
+	}
+	if (write(go[1], "x", 1) != 1)
+		FAIL("pipe write");
+	waitpid(child, NULL, 0);
+	close(go[0]); close(go[1]); close(done[0]); close(done[1]);
+	munmap(a, len);
+}
+
 static void t_hugetlb(void)
 {
 	size_t huge = 2UL << 20;
@@ -1137,6 +1200,8 @@ int main(int argc, char **argv)
 	run("errors: EINVAL, ESRCH, EFAULT", t_errors);
 	run("[vvar] and [vdso]: EFAULT", t_special);
 	run("hugetlb source: EFAULT", t_hugetlb);
+	run("aio ring (VM_DONTEXPAND): EFAULT", t_aio_ring);
+	run("protection key of another process: EFAULT", t_pkey);
 	run("userfaultfd-registered source: ENOTSUPP (524)", t_uffd);
 	run("permission: EPERM/EACCES without ptrace access", t_perm);
 	run("THP source: whole PMDs, partial/misaligned split", t_thp);
