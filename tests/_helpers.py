@@ -1,6 +1,10 @@
 """Small helpers for the tests: /proc readings of this process and others.
 The source process itself is pvmmap._sample.Source (see conftest.py)."""
+import contextlib
+import ctypes
 import os
+
+import pytest
 
 
 def own_state():
@@ -93,3 +97,32 @@ def present_bytes(pid, start, end):
         f.seek(start // page * 8)
         data = f.read(n * 8)
     return page * sum(1 for (e,) in struct.iter_unpack("<Q", data) if e >> 62)
+
+
+@contextlib.contextmanager
+def handed_off_uffd(s, addr, n):
+    """Register [addr, addr+n) of source s with userfaultfd, then take the
+    uffd over as a lazy-pages daemon would (pidfd_getfd) and have s close
+    its own: the VMA stays registered while s holds no userfaultfd at all.
+    Yields our fd; skips where pidfd_getfd is missing or refused."""
+    import pvmmap
+    theirs = s.register_uffd(addr, n)
+    pidfd = os.pidfd_open(s.pid)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ours = libc.syscall(438, pidfd, theirs, 0)          # pidfd_getfd
+        if ours < 0:
+            pytest.skip(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(pidfd)
+    try:
+        s.close_fd(theirs)
+        links = []
+        for fd in os.listdir(f"/proc/{s.pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                links.append(os.readlink(f"/proc/{s.pid}/fd/{fd}"))
+        assert "anon_inode:[userfaultfd]" not in links
+        assert "um" in region_at(s.pid, addr).flags
+        yield ours
+    finally:
+        os.close(ours)

@@ -289,3 +289,60 @@ def test_destination_beyond_the_address_space_is_enomem(source):
     assert info.value.errno == errno.ENOMEM
     assert "destination" in str(info.value)
     assert leftovers(before) == []
+
+
+def _need_uffd():
+    if pvmmap.features().uffd != "full":
+        pytest.skip("userfaultfd not available: " + pvmmap.features().uffd_reason)
+
+
+def test_copy_of_shared_memory_checks_uffd_like_any_copy(source):
+    """A shared VMA registered by a process that handed its uffd away is
+    refused once it is to be copied: by method="copy", or by allow_copy
+    when the object cannot be mapped."""
+    from _helpers import handed_off_uffd
+    _need_uffd()
+    s = source([dict(name="sh", kind="shared", size=4 * PAGE)])
+    with handed_off_uffd(s, s.addr["sh"], 4 * PAGE):
+        with pytest.raises(OSError) as info:
+            pvmmap.clone(s.pid, s.addr["sh"], PAGE, method="copy")
+        assert info.value.errno == errno.EOPNOTSUPP
+
+
+def test_allow_copy_fallback_checks_uffd_like_any_copy(source, monkeypatch):
+    from pvmmap import _emulate
+    from _helpers import handed_off_uffd
+    _need_uffd()
+    s = source([dict(name="sh", kind="shared", size=4 * PAGE),
+                dict(name="ok", kind="shared", size=4 * PAGE, seed=3)])
+    # As for an unprivileged caller that reaches neither map_files nor an fd.
+    monkeypatch.setattr(_emulate, "open_object",
+                        lambda pid, region, writable: (-1, "map_files refused"))
+    with pvmmap.clone(s.pid, s.addr["ok"], PAGE, allow_copy=True) as m:
+        assert m.method == "copy" and m.tobytes() == page_bytes(3, 0)
+    with handed_off_uffd(s, s.addr["sh"], 4 * PAGE):
+        before = own_state()
+        with pytest.raises(OSError) as info:
+            pvmmap.clone(s.pid, s.addr["sh"], PAGE, allow_copy=True)
+        assert info.value.errno == errno.EOPNOTSUPP
+        assert leftovers(before) == []
+
+
+def test_vma_changed_between_maps_and_smaps_is_still_refused(source, monkeypatch):
+    """The source splits its uffd-registered VMA while the plan is made (it
+    is not frozen): the refusal must not depend on the boundaries that
+    /proc/PID/maps showed a moment before."""
+    from pvmmap import _maps
+    _need_uffd()
+    s = source([dict(name="u", kind="anon", size=8 * PAGE)])
+    s.register_uffd(s.addr["u"], 8 * PAGE)
+    real = _maps.read_smaps
+
+    def racing(pid, *args):
+        s.mprotect(s.addr["u"] + 4 * PAGE, 4 * PAGE, "r")     # now two VMAs
+        return real(pid, *args)
+
+    monkeypatch.setattr(_maps, "read_smaps", racing)
+    with pytest.raises(OSError) as info:
+        pvmmap.clone(s.pid, s.addr["u"], 8 * PAGE)
+    assert info.value.errno == errno.EOPNOTSUPP

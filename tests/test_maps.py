@@ -51,6 +51,9 @@ def test_classify(perms, inode, path, flags, kind):
     ("/usr/lib/libc.so.6", True), ("/SYSV00000000 (deleted)", True),
     ("/[aio] (deleted)", False), ("anon_inode:[perf_event]", False),
     ("/dev/dri/card0", False), ("/dmabuf:", False), ("[anon:named]", False),
+    ("/dev/shm/psm_1234", True),
+    ("/sys/devices/pci0000:00/0000:00:02.0/resource0", False),
+    ("/proc/bus/pci/00/02.0", False),
 ])
 def test_plain_paths_need_no_smaps(path, plain):
     assert Region(0, 4096, "rw-s", 0, "00:01", 1, path).plain is plain
@@ -71,13 +74,27 @@ def test_read_smaps_of_a_range_reads_just_that_range(source):
 
 
 def test_address_space_end_is_the_kernels():
+    """The last page below task_size() can be mapped; the one at it cannot."""
+    import ctypes
+    import errno
+    import mmap
     from pvmmap._emulate import task_size
-    from _helpers import user_space_end
-    assert task_size() == user_space_end()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x100000     # FIXED_NOREPLACE
+    end, page = task_size(), mmap.PAGESIZE
+    got = libc.mmap(end - page, page, 0, flags, -1, 0)
+    assert got == end - page or ctypes.get_errno() == errno.EEXIST
+    if got == end - page:
+        libc.munmap(ctypes.c_void_p(got), ctypes.c_size_t(page))
+    assert libc.mmap(end, page, 0, flags, -1, 0) == ctypes.c_void_p(-1).value
+    assert ctypes.get_errno() == errno.ENOMEM
     with open("/proc/cpuinfo") as f:
         la57 = any(line.startswith("flags") and " la57" in line for line in f)
     if not la57:
-        assert task_size() == (1 << 47) - 4096
+        assert end == (1 << 47) - page
 
 
 def test_features_say_why():

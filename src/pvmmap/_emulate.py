@@ -141,7 +141,7 @@ class Piece:
         return self.end - self.start
 
 
-def plan(pid, start, end, single):
+def plan(pid, start, end, single, method="auto"):
     """The source VMAs covering [start, end), checked against the contract:
     EFAULT for a hole (or, if `single`, a second VMA) and refused kinds,
     EOPNOTSUPP for userfaultfd-registered ones."""
@@ -149,6 +149,19 @@ def plan(pid, start, end, single):
     if not regions and not _maps.has_memory(pid):
         raise os_error(errno.ESRCH, "process has no memory (exiting)", pid, start,
                        end - start)
+    pieces = _cover(pid, regions, start, end, single)
+    if _need_flags(pid, pieces, method):
+        # One consistent reading: the pieces are made again from smaps, so
+        # a VMA split or merged since the maps read is still seen whole.
+        pieces = _cover(pid, _maps.read_smaps(pid, start, end), start, end, single)
+    for p in pieces:
+        _refuse(pid, p.region, start, end)
+    return pieces
+
+
+def _cover(pid, regions, start, end, single):
+    """Pieces of `regions` (sorted, overlapping [start, end)) that cover the
+    range; EFAULT for a hole or, if `single`, a second VMA."""
     pieces, at = [], start
     for r in regions:
         if r.end <= at:
@@ -167,22 +180,21 @@ def plan(pid, start, end, single):
         raise os_error(errno.EFAULT, "range spans more than one VMA", pid, start,
                        end - start, "process_vm_mmap maps one VMA; use "
                        "pvmmap.clone() to span several")
-    if _need_flags(pid, pieces):
-        flagged = {(r.start, r.end): r for r in _maps.read_smaps(pid, start, end)}
-        for p in pieces:
-            p.region = flagged.get((p.region.start, p.region.end), p.region)
-    for p in pieces:
-        refusal = p.region.refusal()
-        if not refusal and p.region.pkey and pid != os.getpid():
-            refusal = errno.EFAULT, f"tagged with protection key {p.region.pkey}"
-        if refusal:
-            err, why = refusal
-            raise os_error(err, f"source VMA {p.region.start:#x}-"
-                           f"{p.region.end:#x} is {why}", pid, start, end - start)
     return pieces
 
 
-def _need_flags(pid, pieces):
+def _refuse(pid, region, start, end):
+    """Raise the contract's error if `region` may not be cloned."""
+    refusal = region.refusal()
+    if not refusal and region.pkey and pid != os.getpid():
+        refusal = errno.EFAULT, f"tagged with protection key {region.pkey}"
+    if refusal:
+        err, why = refusal
+        raise os_error(err, f"source VMA {region.start:#x}-{region.end:#x} is "
+                       f"{why}", pid, start, end - start)
+
+
+def _need_flags(pid, pieces, method):
     """Whether the refusals need smaps' VmFlags, which cost a walk of the
     page tables up to the range (about 13 ms per populated GiB).
 
@@ -191,9 +203,10 @@ def _need_flags(pid, pieces):
     often belongs to a process that has handed its uffd to a daemon.
     Shared pieces are mapped in well under a millisecond, whatever their
     size, so they are checked only when maps cannot tell (an anon_inode or
-    device-like VMA) or when the source holds a userfaultfd itself."""
-    if any(_maps.KINDS[p.region.kind] != "share" or not p.region.plain
-           for p in pieces):
+    device-like VMA) or when the source holds a userfaultfd itself.  (A
+    shared piece that falls back to a copy is checked in resolve().)"""
+    if method == "copy" or any(_maps.KINDS[p.region.kind] != "share"
+                               or not p.region.plain for p in pieces):
         return True
     return _maps.has_userfaultfd(pid)
 
@@ -264,6 +277,10 @@ def resolve(pid, pieces, method, allow_copy):
                 raise os_error(errno.EPERM, f"cannot reach the {kind} object "
                                f"behind {p.region.path or 'the VMA'} ({why})",
                                pid, p.start, p.length, CAPS_HINT)
+            if p.region.flags is None:
+                # Copied after all: as strictly checked as any copy.
+                for r in _maps.read_smaps(pid, p.start, p.end):
+                    _refuse(pid, r, p.start, p.end)
             p.method = "copy"
     except BaseException:
         close_fds(pieces)
@@ -351,7 +368,8 @@ def emulate(pid, src, length, dst, flags, *, single, method="auto",
     pagemap_fd = -1
     pieces = []
     try:
-        pieces = resolve(pid, plan(pid, start, end, single), method, allow_copy)
+        pieces = resolve(pid, plan(pid, start, end, single, method), method,
+                         allow_copy)
         if any(p.method != "share" for p in pieces):
             pagemap_fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         base = reserve(pid, start, end - start, dst, flags)

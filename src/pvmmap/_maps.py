@@ -27,7 +27,8 @@ _UFFD_FLAGS = {"um", "uw", "ui"}
 _SPECIAL_PATHS = {"[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]"}
 HUGETLBFS_MAGIC = 0x958458F6
 # Paths of kernel-made objects whose VMAs may carry the refused flags.
-_UNPLAIN_PREFIXES = ("/[", "/dev/", "/dmabuf")
+# (/sys and /proc hold PCI BARs and the like: VM_IO|VM_PFNMAP regular files.)
+_UNPLAIN_PREFIXES = ("/[", "/dev/", "/dmabuf", "/sys/", "/proc/")
 
 
 @dataclass
@@ -92,7 +93,8 @@ class Region:
         dma-bufs, devices) may carry VM_IO, VM_PFNMAP, VM_MIXEDMAP or
         VM_DONTEXPAND, which only smaps shows."""
         path = self.path
-        if not path or path in ("[heap]", "[stack]") or path.startswith("/dev/zero"):
+        if (not path or path in ("[heap]", "[stack]")
+                or path.startswith(("/dev/zero", "/dev/shm/"))):
             return True
         return (path.startswith("/") and not path.startswith(_UNPLAIN_PREFIXES))
 
@@ -173,8 +175,8 @@ def read_smaps(pid, start=0, end=None):
     """Regions of pid with VmFlags (and protection keys) from
     /proc/PID/smaps; only those overlapping [start, end) if given.  Costs a
     walk of the page tables (about 13 ms per populated GiB here) of every
-    VMA it prints: reading stops after `end`, so the VMAs above the range
-    are not walked."""
+    VMA it prints: reading stops after `end`, so of the VMAs above the range
+    only the few the last read() took in (a few KiB of text) are walked."""
     regions, keep = [], False
     with _open_proc(pid, "smaps") as f:
         for line in f:
