@@ -9,51 +9,42 @@ from pvmmap._sample import Source
 MiB = 1 << 20
 
 
+def _factory(create, release, give=lambda obj: obj):
+    """A fixture body: yields a maker that calls create() and returns
+    give() of it, and release()s all it made after the test."""
+    made = []
+
+    def make(*args, **kw):
+        made.append(create(*args, **kw))
+        return give(made[-1])
+
+    yield make
+    for obj in made:
+        release(obj)
+
+
 @pytest.fixture
 def source():
     """Factory: source(spec) spawns a child with the regions in `spec` (see
     pvmmap._sample) and reaps it after the test."""
-    made = []
-
-    def make(spec, **kw):
-        s = Source(spec, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
+    yield from _factory(Source, Source.close)
 
 
 @pytest.fixture
 def clones():
     """Factory: clones(pid, addr, length, **kw) is pvmmap.clone(); every
     Mapping it made is closed after the test."""
-    made = []
-
-    def make(*args, **kw):
-        m = pvmmap.clone(*args, **kw)
-        made.append(m)
-        return m
-
-    yield make
-    for m in made:
-        m.close()
+    yield from _factory(pvmmap.clone, pvmmap.Mapping.close)
 
 
 @pytest.fixture
 def raw_maps():
     """Factory for process_vm_mmap() results, unmapped after the test."""
-    made = []
+    def create(*args, **kw):
+        return pvmmap.process_vm_mmap(*args, **kw), args[2]
 
-    def make(*args, **kw):
-        addr = pvmmap.process_vm_mmap(*args, **kw)
-        made.append((addr, args[2]))
-        return addr
-
-    yield make
-    for addr, length in made:
-        pvmmap.munmap(addr, length)
+    yield from _factory(create, lambda made: pvmmap.munmap(*made),
+                        give=lambda made: made[0])
 
 
 @pytest.fixture
