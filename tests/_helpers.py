@@ -48,22 +48,26 @@ def _fd_target(fd):
         return None
 
 
+def try_map_at(addr, length=4096):
+    """mmap an inaccessible anonymous page at exactly addr
+    (MAP_FIXED_NOREPLACE) and unmap it again: (address got, 0), or
+    (None, errno)."""
+    import mmap
+    from pvmmap._sample import libc
+    got = libc.mmap(addr, length, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                    | 0x100000, -1, 0)
+    if got in (None, ctypes.c_void_p(-1).value):
+        return None, ctypes.get_errno()
+    libc.munmap(ctypes.c_void_p(got), ctypes.c_size_t(length))
+    return got, 0
+
+
 def user_space_end():
     """Where this kernel's user address space ends (TASK_SIZE_MAX): a page
     at 2^47 can be mapped only with 5-level page tables."""
-    import ctypes
-    import mmap
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    probe = 1 << 47
-    got = libc.mmap(probe, mmap.PAGESIZE, 0,
-                    mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x100000, -1, 0)
-    if got in (None, ctypes.c_void_p(-1).value):
-        return probe - mmap.PAGESIZE
-    libc.munmap(ctypes.c_void_p(got), ctypes.c_size_t(mmap.PAGESIZE))
-    return (1 << 56) - mmap.PAGESIZE if got == probe else probe - mmap.PAGESIZE
+    probe, page = 1 << 47, 4096
+    got, _ = try_map_at(probe)
+    return (1 << 56) - page if got == probe else probe - page
 
 
 def vm_size_kb():
