@@ -277,11 +277,14 @@ def resolve(pid, pieces, method, allow_copy):
                 raise os_error(errno.EPERM, f"cannot reach the {kind} object "
                                f"behind {p.region.path or 'the VMA'} ({why})",
                                pid, p.start, p.length, CAPS_HINT)
-            if p.region.flags is None:
-                # Copied after all: as strictly checked as any copy.
-                for r in _maps.read_smaps(pid, p.start, p.end):
-                    _refuse(pid, r, p.start, p.end)
             p.method = "copy"
+        # Shared pieces copied after all: as strictly checked as any copy,
+        # with one reading of smaps for all of them.
+        unchecked = [p for p in pieces if p.method == "copy" and p.region.flags is None]
+        if unchecked:
+            for r in _maps.read_smaps(pid, unchecked[0].start, unchecked[-1].end):
+                if any(r.start < p.end and r.end > p.start for p in unchecked):
+                    _refuse(pid, r, r.start, r.end)
     except BaseException:
         close_fds(pieces)
         raise
