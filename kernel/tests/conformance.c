@@ -390,6 +390,22 @@ static void t_self_bytes_cow(void)
 	munmap(src, len);
 }
 
+/*
+ * dst is a clone of the child's [0, len), filled with `seed`: check the
+ * bytes, then copy-on-write both ways.  The child writes seed+1, which
+ * must not reach the clone.  The clone is then filled with seed+2, which
+ * must not reach the child.
+ */
+static void check_cow_with_child(struct child *ch, char *dst, size_t len, unsigned seed)
+{
+	CHECK(check_fill(dst, len, seed), "bytes differ");
+	CHECK(child_cmd(ch, 'W', 0, len, seed + 1, 0) == 1, "child write");
+	CHECK(check_fill(dst, len, seed), "child's write visible in the clone");
+	fill(dst, len, seed + 2);
+	CHECK(child_cmd(ch, 'C', 0, len, seed + 1, 0) == 1,
+	      "parent's write to the clone visible in the child");
+}
+
 static void t_child_cow(void)
 {
 	size_t len = 128 * pg;
@@ -400,12 +416,7 @@ static void t_child_cow(void)
 	dst = (char *)pvm(ch.pid, ch.addr, len, NULL, 0);
 	CHECK(dst != (char *)-1, "clone from child failed: %s", strerror(errno));
 	if (dst != (char *)-1) {
-		CHECK(check_fill(dst, len, 5), "bytes differ");
-		CHECK(child_cmd(&ch, 'W', 0, len, 6, 0) == 1, "child write");
-		CHECK(check_fill(dst, len, 5), "child's write visible in the clone");
-		fill(dst, len, 7);
-		CHECK(child_cmd(&ch, 'C', 0, len, 6, 0) == 1,
-		      "parent's write to the clone visible in the child");
+		check_cow_with_child(&ch, dst, len, 5);
 	}
 	CHECK(stop_child(&ch), "child exit");
 	/* the clone outlives the source process */
@@ -968,11 +979,7 @@ static void t_thp_child(void)
 	dst = (char *)pvm(ch.pid, ch.addr, len, NULL, 0);
 	CHECK(dst != (char *)-1, "clone failed: %s", strerror(errno));
 	if (dst != (char *)-1) {
-		CHECK(check_fill(dst, len, 23), "bytes differ");
-		CHECK(child_cmd(&ch, 'W', 0, len, 24, 0) == 1, "child write");
-		CHECK(check_fill(dst, len, 23), "child's write visible in the clone");
-		fill(dst, len, 25);
-		CHECK(child_cmd(&ch, 'C', 0, len, 24, 0) == 1, "clone write visible in the child");
+		check_cow_with_child(&ch, dst, len, 23);
 		munmap(dst, len);
 	}
 	stop_child(&ch);
