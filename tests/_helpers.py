@@ -1,5 +1,5 @@
 """Small helpers for the tests: /proc readings of this process and others.
-The source process itself is pvmmap._sample.Source (see conftest.py)."""
+The source process itself is child.Source (see conftest.py)."""
 import contextlib
 import ctypes
 import os
@@ -53,7 +53,7 @@ def try_map_at(addr, length=4096):
     (MAP_FIXED_NOREPLACE) and unmap it again: (address got, 0), or
     (None, errno)."""
     import mmap
-    from pvmmap._sample import libc
+    from child import libc
     got = libc.mmap(addr, length, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
                     | 0x100000, -1, 0)
     if got in (None, ctypes.c_void_p(-1).value):

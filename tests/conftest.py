@@ -4,7 +4,7 @@ import tempfile
 import pytest
 
 import pvmmap
-from pvmmap._sample import Source
+from child import Source
 
 MiB = 1 << 20
 
@@ -26,7 +26,7 @@ def _factory(create, release, give=lambda obj: obj):
 @pytest.fixture
 def source():
     """Factory: source(spec) spawns a child with the regions in `spec` (see
-    pvmmap._sample) and reaps it after the test."""
+    tests/child.py) and reaps it after the test."""
     yield from _factory(Source, Source.close)
 
 

@@ -9,7 +9,8 @@ import struct
 import pytest
 
 import pvmmap
-from pvmmap._sample import PAGE, page_bytes, pattern
+from pvmmap._emulate import STRATEGY
+from child import PAGE, page_bytes, pattern
 
 from _helpers import leftovers, own_state, present_bytes, user_space_end
 
@@ -42,7 +43,7 @@ def test_bytes_equal_for_every_kind(source, clones, kind):
     m = clones(s.pid, s.addr["r"], KIND_SPECS[kind]["size"])
     assert m.kind == kind
     assert m.tobytes() == s.expected("r")
-    assert m.method == ("native" if native else pvmmap.KINDS[kind])
+    assert m.method == ("native" if native else STRATEGY[kind])
 
 
 @pytest.mark.kernel
@@ -181,7 +182,7 @@ def test_clone_spans_adjacent_vmas_of_different_kinds(source, clones):
     m = clones(s.pid, s.addr["a"], 12 * PAGE)
     assert m.tobytes() == (pattern(4 * PAGE, 1) + pattern(4 * PAGE, 2)
                            + pattern(4 * PAGE, 3))
-    assert [p["kind"] for p in m.parts] == ["private-anon", "shared-anon",
+    assert [p.kind for p in m.parts] == ["private-anon", "shared-anon",
                                             "private-anon", "private-anon"]
     assert m.kind == "mixed" and m.prot == mmap.PROT_READ
     m.mprotect(mmap.PROT_READ | mmap.PROT_WRITE)

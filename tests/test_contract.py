@@ -9,7 +9,7 @@ import os
 import pytest
 
 import pvmmap
-from pvmmap._sample import PAGE, page_bytes
+from child import PAGE, page_bytes
 
 from _helpers import leftovers, own_state, region_at, user_space_end
 

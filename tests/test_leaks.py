@@ -5,7 +5,7 @@ import errno
 import pytest
 
 import pvmmap
-from pvmmap._sample import PAGE
+from child import PAGE
 
 from _helpers import leftovers, own_state, thread_count, vm_size_kb
 

@@ -7,7 +7,7 @@ import numpy
 import pytest
 
 import pvmmap
-from pvmmap._sample import PAGE, page_bytes
+from child import PAGE, page_bytes
 
 MiB = 1 << 20
 
@@ -28,7 +28,7 @@ def test_attributes(src, m):
     assert m.kind == "private-anon" and m.prot == mmap.PROT_READ | mmap.PROT_WRITE
     assert not m.closed and m.address % PAGE == 0
     assert m.lost == 0
-    assert m.parts[0]["kind"] == "private-anon"
+    assert m.parts[0].kind == "private-anon"
 
 
 def test_memoryview_is_zero_copy(m):

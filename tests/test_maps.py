@@ -11,7 +11,7 @@ from pvmmap._maps import Region, classify, read_smaps
 from _helpers import region_at
 
 
-def test_maps_classifies_the_sample(source, datafile):
+def test_maps_classifies_the_child(source, datafile):
     path, _ = datafile
     s = source([dict(name="a", kind="anon", size=1 << 16),
                 dict(name="sh", kind="shared", size=1 << 16),
@@ -76,7 +76,7 @@ def test_read_smaps_of_a_range_reads_just_that_range(source):
 def test_address_space_end_is_the_kernels():
     """The last page below task_size() can be mapped; the one at it cannot."""
     import errno
-    from pvmmap._emulate import task_size
+    from pvmmap._features import task_size
     from _helpers import try_map_at
     end, page = task_size(), 4096
     got, err = try_map_at(end - page)

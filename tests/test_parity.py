@@ -7,7 +7,7 @@ import errno
 import pytest
 
 import pvmmap
-from pvmmap._sample import PAGE
+from child import PAGE
 
 from _helpers import handed_off_uffd
 
@@ -17,7 +17,7 @@ NO_SUCH_PID = 0x3FFFFFFF
 
 @pytest.fixture(scope="module")
 def src():
-    from pvmmap._sample import Source
+    from child import Source
     with contextlib.ExitStack() as stack:
         s = Source([dict(name="a", kind="anon", size=4 * PAGE),
                     dict(name="u", kind="anon", size=4 * PAGE)])

@@ -10,7 +10,7 @@ import psutil  # noqa: F401  (imported while /root is still readable)
 import pytest
 
 import pvmmap
-from pvmmap._sample import PAGE, page_bytes, pattern
+from child import PAGE, page_bytes, pattern
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,

@@ -1,4 +1,14 @@
-"""Errors: OSError with the contract's errno and a message a user can act on."""
+"""Errors: OSError with the contract's errno and a message a user can act on.
+
+Every message has one shape, built in one place:
+
+    "<strerror> (<what failed>, pid <P>, <start>-<end>): <what to do>"
+
+The pid and the range appear once; "what to do" comes from HINTS, the one
+table of advice, so the same situation is always worded the same way.
+"""
+
+from __future__ import annotations
 
 import os
 
@@ -8,8 +18,29 @@ BACKENDS = ("auto", "native", "emulated")
 #: What clone(method=...) accepts.
 METHODS = ("auto", "native", "copy", "lazy")
 
+#: Advice per situation, formatted with the source's pid.
+HINTS = {
+    "ptrace": "run as the source's user (the source must be dumpable) or as "
+              "root (CAP_SYS_PTRACE)",
+    "map_files": "mapping /proc/{pid}/map_files needs CAP_SYS_ADMIN or "
+                 "CAP_CHECKPOINT_RESTORE: run as root, or pass allow_copy=True "
+                 "for a private copy instead of shared memory",
+    "maps": "see /proc/{pid}/maps for what the source has mapped",
+    "one-vma": "process_vm_mmap() maps one VMA; pvmmap.clone() spans several",
+    "flags": "the only flags are PVMMAP_FIXED and PVMMAP_FIXED_NOREPLACE",
+    "native": "this kernel has no process_vm_mmap(); use the emulated backend "
+              "(PVMMAP_BACKEND=auto or emulated, or method='auto')",
+    "syscall-nr": "set PVMMAP_SYSCALL_NR to the number the kernel's "
+                  "process_vm_mmap() has",
+    "freeze-self": "a process cannot stop itself; clone without freeze=True",
+    "overlap": "pick a destination outside the source range, or drop fixed=True",
+    "noreplace": "pick a free destination, or use fixed=True to replace it",
+    "address-space": "the range must end below the end of the user address space",
+}
 
-def describe_range(start, length):
+
+def describe_range(start: int | None, length: int | None) -> str | None:
+    """'0x1000-0x3000' (or '0x1000' without a length)."""
     if start is None:
         return None
     if length is None:
@@ -17,9 +48,9 @@ def describe_range(start, length):
     return f"{start:#x}-{start + length:#x}"
 
 
-def os_error(err, what, pid=None, start=None, length=None, hint=None):
-    """OSError(err, "strerror (what, pid P, range) hint"); Python picks the
-    subclass (ProcessLookupError, PermissionError, FileExistsError, ...)."""
+def message(err: int, what: str, pid: int | None = None, start: int | None = None,
+            length: int | None = None, hint: str | None = None) -> str:
+    """The text of an error; `hint` is a key of HINTS or None."""
     parts = [what]
     if pid is not None:
         parts.append(f"pid {pid}")
@@ -28,6 +59,12 @@ def os_error(err, what, pid=None, start=None, length=None, hint=None):
         parts.append(rng)
     msg = f"{os.strerror(err)} ({', '.join(parts)})"
     if hint:
-        msg += f": {hint}"
-    return OSError(err, msg)
+        msg += ": " + HINTS[hint].format(pid=pid if pid is not None else "PID")
+    return msg
 
+
+def os_error(err: int, what: str, pid: int | None = None, start: int | None = None,
+             length: int | None = None, hint: str | None = None) -> OSError:
+    """OSError(err, message(...)); Python picks the subclass
+    (ProcessLookupError, PermissionError, FileExistsError, ...)."""
+    return OSError(err, message(err, what, pid, start, length, hint))

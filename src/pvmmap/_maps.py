@@ -1,33 +1,31 @@
-"""/proc/PID/maps and smaps: the regions of a process and what kind of memory
-each one is, which decides how it is cloned."""
+"""/proc readers: a process's regions (maps, smaps) and what kind of memory
+each one is, its state (stat) and its open userfaultfds (fd)."""
+
+from __future__ import annotations
 
 import errno
-import mmap
 import os
 from dataclasses import dataclass, field
+from typing import IO, FrozenSet, List, Optional, Tuple
 
+from pvmmap import _native
 from pvmmap._errors import os_error
 
-#: Region.kind values, and how the emulation clones each (DESIGN.md §2).
-KINDS = {
-    "private-anon": "copy",     # heap, stacks, anonymous mmap
-    "private-file": "file",     # libraries, MAP_PRIVATE files
-    "shared-anon": "share",     # MAP_SHARED|MAP_ANONYMOUS, /dev/zero
-    "memfd": "share",
-    "sysv-shm": "share",
-    "shared-file": "share",     # MAP_SHARED files, POSIX shm in /dev/shm
-    "hugetlb": None,            # refused: EFAULT
-    "special": None,            # [vvar], [vdso], VM_IO, VM_PFNMAP, ...: EFAULT
-}
+PF_KTHREAD = 0x00200000         # task flags (/proc/PID/stat field 9)
 
-# VmFlags (fs/proc/task_mmu.c) that make the contract refuse a source VMA.
-_EFAULT_FLAGS = {"ht": "hugetlb", "io": "VM_IO", "pf": "VM_PFNMAP",
-                 "mm": "VM_MIXEDMAP", "de": "VM_DONTEXPAND"}
-_UFFD_FLAGS = {"um", "uw", "ui"}
+#: The values of Region.kind.
+KINDS = ("private-anon", "private-file", "shared-anon", "memfd", "sysv-shm",
+         "shared-file", "hugetlb", "special")
+
+#: smaps VmFlags that make a VMA "special" (the contract refuses it), by name.
+SPECIAL_FLAGS = {"io": "VM_IO", "pf": "VM_PFNMAP", "mm": "VM_MIXEDMAP",
+                 "de": "VM_DONTEXPAND"}
+#: smaps VmFlags of a VMA registered with userfaultfd (missing, wp, minor).
+UFFD_FLAGS = frozenset({"um", "uw", "ui"})
 _SPECIAL_PATHS = {"[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]"}
-HUGETLBFS_MAGIC = 0x958458F6
-# Paths of kernel-made objects whose VMAs may carry the refused flags.
-# (/sys and /proc hold PCI BARs and the like: VM_IO|VM_PFNMAP regular files.)
+# Paths of kernel-made objects whose VMAs may carry the special flags.
+# (/sys and /proc hold PCI BARs and the like: VM_IO|VM_PFNMAP regular files;
+# "/[aio]" is an aio ring, VM_DONTEXPAND.)
 _UNPLAIN_PREFIXES = ("/[", "/dev/", "/dmabuf", "/sys/", "/proc/")
 
 
@@ -41,52 +39,40 @@ class Region:
     dev: str                    # "fd:01"
     inode: int
     path: str
-    flags: frozenset = None     # VmFlags from smaps; None when not read
+    flags: Optional[FrozenSet[str]] = None   # VmFlags from smaps; None: not read
     kind: str = field(default="private-anon")
     pkey: int = 0               # smaps' ProtectionKey (x86 PKU), 0 without
 
     @property
-    def size(self):
+    def size(self) -> int:
         return self.end - self.start
 
     @property
-    def shared(self):
+    def shared(self) -> bool:
         return self.perms[3] == "s"
 
     @property
-    def readable(self):
+    def readable(self) -> bool:
         return self.perms[0] == "r"
 
     @property
-    def prot(self):
-        return ((mmap.PROT_READ if self.perms[0] == "r" else 0)
-                | (mmap.PROT_WRITE if self.perms[1] == "w" else 0)
-                | (mmap.PROT_EXEC if self.perms[2] == "x" else 0))
+    def prot(self) -> int:
+        """The PROT_* bits of perms."""
+        return ((_native.PROT_READ if self.perms[0] == "r" else 0)
+                | (_native.PROT_WRITE if self.perms[1] == "w" else 0)
+                | (_native.PROT_EXEC if self.perms[2] == "x" else 0))
 
     @property
-    def deleted(self):
+    def deleted(self) -> bool:
         return self.path.endswith(" (deleted)")
 
     @property
-    def file_path(self):
+    def file_path(self) -> str:
         """The path as it was when mapped (without " (deleted)")."""
         return self.path[:-10] if self.deleted else self.path
 
-    def refusal(self):
-        """(errno, reason) if process_vm_mmap must refuse this VMA, else None."""
-        if self.kind == "hugetlb":
-            return errno.EFAULT, "a hugetlb mapping"
-        if self.kind == "special":
-            named = ", ".join(v for k, v in _EFAULT_FLAGS.items()
-                              if self.flags and k in self.flags)
-            what = ": ".join(x for x in (self.file_path, named) if x)
-            return errno.EFAULT, f"a special mapping ({what or 'VM_IO/VM_PFNMAP'})"
-        if self.flags and self.flags & _UFFD_FLAGS:
-            return errno.EOPNOTSUPP, "registered with userfaultfd"
-        return None
-
     @property
-    def plain(self):
+    def plain(self) -> bool:
         """True if maps alone tells all the contract needs about this VMA:
         anonymous memory, SysV shm, memfd or a file with a path.  Others
         (an aio ring "/[aio]", anon_inode:[perf_event], io_uring rings,
@@ -98,19 +84,22 @@ class Region:
             return True
         return (path.startswith("/") and not path.startswith(_UNPLAIN_PREFIXES))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Region({self.start:#x}-{self.end:#x} {self.perms} "
                 f"{self.kind} {self.path!r})")
 
 
-def classify(perms, inode, path, flags=None):
+def classify(perms: str, inode: int, path: str,
+             flags: Optional[FrozenSet[str]] = None) -> str:
     """The kind of memory a maps line describes (see KINDS)."""
     if path in _SPECIAL_PATHS:
+        return "special"
+    if path.startswith("/[aio]"):
         return "special"
     if flags is not None:
         if "ht" in flags:
             return "hugetlb"
-        if flags & {"io", "pf", "mm", "de"}:
+        if flags & SPECIAL_FLAGS.keys():
             return "special"
     if path.startswith("/anon_hugepage"):
         return "hugetlb"
@@ -125,7 +114,7 @@ def classify(perms, inode, path, flags=None):
     return "private-file" if inode else "private-anon"
 
 
-def _parse_line(line):
+def _parse_line(line: str) -> Region:
     # start-end perms offset dev inode [path]; the path may hold spaces.
     fields = line.split(None, 5)
     start, end = fields[0].split("-")
@@ -134,19 +123,17 @@ def _parse_line(line):
                   fields[3], int(fields[4]), path)
 
 
-def _open_proc(pid, name):
+def _open_proc(pid: int, name: str) -> IO[str]:
     try:
         return open(f"/proc/{pid}/{name}", "r")
     except FileNotFoundError:
-        raise os_error(errno.ESRCH, f"reading /proc/{pid}/{name}", pid,
-                       hint="no such process") from None
-    except PermissionError as e:
+        raise os_error(errno.ESRCH, f"reading /proc/{pid}/{name}", pid) from None
+    except PermissionError:
         raise os_error(errno.EPERM, f"reading /proc/{pid}/{name}", pid,
-                       hint="the caller may not ptrace this process "
-                       "(different user, or it is not dumpable)") from e
+                       hint="ptrace") from None
 
 
-def read_maps(pid, start=0, end=None):
+def read_maps(pid: int, start: int = 0, end: Optional[int] = None) -> List[Region]:
     """Regions of pid from /proc/PID/maps, without VmFlags (cheap); only
     those overlapping [start, end) if given (the rest are not parsed)."""
     with _open_proc(pid, "maps") as f:
@@ -165,19 +152,20 @@ def read_maps(pid, start=0, end=None):
     return regions
 
 
-def has_memory(pid):
+def has_memory(pid: int) -> bool:
     """False for a process whose mm is gone (exiting, zombie)."""
     with _open_proc(pid, "maps") as f:
         return bool(f.read(1))
 
 
-def read_smaps(pid, start=0, end=None):
+def read_smaps(pid: int, start: int = 0, end: Optional[int] = None) -> List[Region]:
     """Regions of pid with VmFlags (and protection keys) from
     /proc/PID/smaps; only those overlapping [start, end) if given.  Costs a
     walk of the page tables (about 13 ms per populated GiB here) of every
     VMA it prints: reading stops after `end`, so of the VMAs above the range
     only the few the last read() took in (a few KiB of text) are walked."""
-    regions, keep = [], False
+    regions: List[Region] = []
+    keep = False
     with _open_proc(pid, "smaps") as f:
         for line in f:
             head = line.split(None, 1)[0]
@@ -199,7 +187,7 @@ def read_smaps(pid, start=0, end=None):
     return regions
 
 
-def has_userfaultfd(pid):
+def has_userfaultfd(pid: int) -> bool:
     """True if pid holds a userfaultfd among its open files, the only way its
     VMAs can be registered (unless it handed its uffd away and closed it)."""
     try:
@@ -215,8 +203,13 @@ def has_userfaultfd(pid):
     return False
 
 
-def maps(pid):
-    """The regions of process `pid` (/proc/PID/maps with smaps' VmFlags),
-    each with its kind: private-anon, private-file, shared-anon, memfd,
-    sysv-shm, shared-file, hugetlb or special."""
-    return read_smaps(pid)
+def read_stat(pid: int) -> Optional[Tuple[str, int]]:
+    """(state letter, task flags) from /proc/PID/stat, or None if there is
+    no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            line = f.read()
+    except FileNotFoundError:
+        return None
+    fields = line[line.rfind(b")") + 2:].split()
+    return fields[0].decode(), int(fields[6])

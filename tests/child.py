@@ -1,6 +1,7 @@
-"""A source process with a known memory layout, for the demo and the tests.
+"""A source process with a known memory layout, for the tests and the
+benchmark (benchmarks/harness.py imports it from here).
 
-Run as `python -m pvmmap._sample SPEC_JSON`.  SPEC is a list of regions:
+Run as `python tests/child.py SPEC_JSON`.  SPEC is a list of regions:
   {"name": str, "kind": "anon"|"shared"|"memfd"|"file"|"shm"|"hugetlb",
    "size": int,
    "fill": "pattern"|"none"|[page indexes], "prot": "rw"|"r"|"w"|"none",
@@ -181,7 +182,8 @@ class Source:
     def __init__(self, spec, preexec_fn=None):
         self.spec = {r["name"]: r for r in spec}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pvmmap._sample", json.dumps(spec)], stdin=subprocess.PIPE,
+            [sys.executable, os.path.abspath(__file__), json.dumps(spec)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         line = self.proc.stdout.readline()
         if not line:

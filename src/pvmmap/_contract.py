@@ -1,0 +1,260 @@
+"""process_vm_mmap()'s contract, shared by both backends: the argument,
+process and permission checks in the kernel's order, the plan of source VMAs
+a range covers, the one rule of what is refused, the reserved destination,
+and the Part records a Mapping is made of (docs/design.md, "The contract").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from pvmmap import _maps, _native
+from pvmmap._errors import os_error
+from pvmmap._features import task_size
+from pvmmap._maps import Region
+
+PAGE = _native.PAGESIZE
+
+
+def page_down(x: int) -> int:
+    return x & ~(PAGE - 1)
+
+
+def page_up(x: int) -> int:
+    return (x + PAGE - 1) & ~(PAGE - 1)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One source VMA's share of a clone, as Mapping.parts lists it."""
+    offset: int         # where it starts in the clone's page-rounded range
+    length: int         # bytes
+    source: int         # its address in the source
+    kind: str           # Region.kind of the source VMA
+    prot: int           # PROT_* bits
+    method: str         # native, copy, share or file
+
+
+# ---- the EINVAL, ESRCH and EPERM checks ------------------------------------
+
+def check_args(pid: int, src: int, length: int, flags: int) -> Tuple[int, int]:
+    """The contract's EINVAL cases.  Returns the page-rounded (start, end)."""
+    for name, v in (("pid", pid), ("address", src), ("length", length),
+                    ("flags", flags)):
+        if not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+    if flags & ~(_native.FIXED | _native.FIXED_NOREPLACE) or flags < 0:
+        raise os_error(errno.EINVAL, f"unknown flags {flags:#x}", pid, src, length,
+                       "flags")
+    if length <= 0:
+        raise os_error(errno.EINVAL, "length must be positive", pid, src, length)
+    if page_down(src) <= 0:
+        raise os_error(errno.EINVAL, "source address is in page 0", pid, src,
+                       length)
+    if pid <= 0:
+        raise os_error(errno.EINVAL, "pid must be positive", pid, src, length)
+    start, end = page_down(src), page_up(src + length)
+    if end > task_size():
+        raise os_error(errno.EINVAL, "range beyond the user address space", pid,
+                       src, length, "address-space")
+    return start, end
+
+
+def check_process(pid: int, start: int, length: int) -> int:
+    """ESRCH / EINVAL (kernel thread) / EPERM, in that order.  Returns an open
+    /proc/PID/mem fd: opening it is the ptrace-attach permission check."""
+    st = _maps.read_stat(pid)
+    if st is None:
+        raise os_error(errno.ESRCH, "looking up the source", pid, start, length)
+    state, task_flags = st
+    if task_flags & _maps.PF_KTHREAD:
+        raise os_error(errno.EINVAL, "a kernel thread has no memory to map", pid,
+                       start, length)
+    if state in ("Z", "X"):
+        raise os_error(errno.ESRCH, "the source has exited (zombie)", pid, start,
+                       length)
+    try:
+        return os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise os_error(errno.ESRCH, "looking up the source", pid, start,
+                       length) from None
+    except PermissionError:
+        # /proc/PID/mem says EACCES; process_vm_readv and the native call EPERM.
+        raise os_error(errno.EPERM, f"may not ptrace-attach the source: "
+                       f"{who_owns(pid)}", pid, start, length, "ptrace") from None
+
+
+def who_owns(pid: int) -> str:
+    """'it (systemd) runs as root, this process as nobody', for messages."""
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        theirs = f"it ({p.name()}) runs as {p.username()}"
+    except (psutil.Error, KeyError):
+        theirs = "it belongs to another user"
+    try:
+        ours = psutil.Process().username()
+    except (psutil.Error, KeyError):
+        ours = f"uid {os.getuid()}"
+    return f"{theirs}, this process as {ours}"
+
+
+# ---- planning: which source VMAs, and may they be cloned -------------------
+
+@dataclass
+class Piece:
+    """One source VMA's share of a range while a clone is being made."""
+    region: Region
+    start: int
+    end: int
+    method: str = ""            # chosen by the backend's strategy table
+    fd: int = -1                # the file or shmem object, for share/file
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def plan(pid: int, start: int, end: int, single: bool,
+         copied: Callable[[Region], bool]) -> List[Piece]:
+    """The source VMAs covering [start, end), checked against the contract:
+    EFAULT for a hole (or, if `single`, a second VMA) and refused kinds,
+    EOPNOTSUPP for userfaultfd-registered ones.  copied(region) says whether
+    the strategy will copy that VMA's pages (see need_flags)."""
+    regions = _maps.read_maps(pid, start, end)
+    if not regions and not _maps.has_memory(pid):
+        raise os_error(errno.ESRCH, "the source has no memory (exiting)", pid,
+                       start, end - start)
+    pieces = cover(pid, regions, start, end, single)
+    if need_flags(pid, pieces, copied):
+        # One consistent reading: the pieces are made again from smaps, so
+        # a VMA split or merged since the maps read is still seen whole.
+        pieces = cover(pid, _maps.read_smaps(pid, start, end), start, end, single)
+    for p in pieces:
+        refuse(pid, p.region, start, end)
+    return pieces
+
+
+def cover(pid: int, regions: Sequence[Region], start: int, end: int,
+          single: bool) -> List[Piece]:
+    """Pieces of `regions` (sorted, overlapping [start, end)) that cover the
+    range; EFAULT for a hole or, if `single`, a second VMA."""
+    pieces: List[Piece] = []
+    at = start
+    for r in regions:
+        if r.end <= at:
+            continue
+        if r.start > at:
+            break
+        pieces.append(Piece(r, at, min(end, r.end)))
+        at = min(end, r.end)
+        if at == end:
+            break
+    if at != end:
+        what = "range is not mapped" if not pieces else "range runs into a hole"
+        raise os_error(errno.EFAULT, what, pid, start, end - start, "maps")
+    if single and len(pieces) > 1:
+        raise os_error(errno.EFAULT, "range spans more than one VMA", pid, start,
+                       end - start, "one-vma")
+    return pieces
+
+
+def need_flags(pid: int, pieces: Sequence[Piece],
+               copied: Callable[[Region], bool]) -> bool:
+    """Whether the refusals need smaps' VmFlags, which cost a walk of the
+    page tables up to the range (about 13 ms per populated GiB).
+
+    Pieces that are copied pay it: the copy walks those
+    pages anyway, and a VMA registered with userfaultfd (lazy restore,
+    post-copy migration) often belongs to a process that has handed its
+    uffd to a daemon.  Pieces that can be mapped in well under a millisecond
+    whatever their size (shared or file memory) are checked only when maps
+    cannot tell (an anon_inode or device-like VMA) or when the source holds
+    a userfaultfd itself."""
+    if any(copied(p.region) or not p.region.plain for p in pieces):
+        return True
+    return _maps.has_userfaultfd(pid)
+
+
+def refusal(region: Region, pid: int,
+            st: Optional[os.stat_result] = None) -> Optional[Tuple[int, str]]:
+    """(errno, why) if the contract refuses to clone `region` of `pid`, else
+    None: the one rule for every refused kind, in the kernel port's order.
+    `st`: the stat of the object behind the VMA, once it has been opened."""
+    if region.kind == "hugetlb":
+        return errno.EFAULT, "a hugetlb mapping"
+    if region.kind == "special":
+        named = ", ".join(v for k, v in _maps.SPECIAL_FLAGS.items()
+                          if region.flags and k in region.flags)
+        what = ": ".join(x for x in (region.file_path, named) if x)
+        return errno.EFAULT, f"a special mapping ({what or 'VM_IO/VM_PFNMAP'})"
+    if region.flags and region.flags & _maps.UFFD_FLAGS:
+        return errno.EOPNOTSUPP, "registered with userfaultfd"
+    if region.pkey and pid != os.getpid():
+        return errno.EFAULT, f"tagged with protection key {region.pkey}"
+    if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        return errno.EFAULT, f"a device mapping ({region.path}: VM_IO/VM_PFNMAP)"
+    return None
+
+
+def refuse(pid: int, region: Region, start: int, end: int,
+           st: Optional[os.stat_result] = None) -> None:
+    """Raise the contract's error if `region` may not be cloned."""
+    why = refusal(region, pid, st)
+    if why:
+        raise refused(pid, region, why, start, end)
+
+
+def refused(pid: int, region: Region, why: Tuple[int, str], start: int,
+            end: int) -> OSError:
+    err, what = why
+    return os_error(err, f"source VMA {region.start:#x}-{region.end:#x} is {what}",
+                    pid, start, end - start)
+
+
+# ---- the destination -------------------------------------------------------
+
+def reserve(pid: int, length: int, dst: int, flags: int) -> int:
+    """The destination range, PROT_NONE until the pieces are placed."""
+    mflags = _native.MAP_PRIVATE | _native.MAP_ANONYMOUS | _native.MAP_NORESERVE
+    if flags & _native.FIXED_NOREPLACE:
+        dst = page_down(dst)
+        mflags |= _native.MAP_FIXED_NOREPLACE
+    elif flags & _native.FIXED:
+        dst = page_down(dst)
+        mflags |= _native.MAP_FIXED
+    try:
+        base: int = _native.mmap_raw(dst, length, _native.PROT_NONE, mflags)
+    except FileExistsError:
+        raise os_error(errno.EEXIST, "destination is already mapped", pid, dst,
+                       length, "noreplace") from None
+    except OSError as e:
+        raise os_error(e.errno, "reserving the destination", pid, dst,
+                       length) from None
+    if flags & (_native.FIXED | _native.FIXED_NOREPLACE) and base != dst:
+        _native.munmap_raw(base, length)   # a kernel that took it as a hint
+        raise os_error(errno.EEXIST, "destination is already mapped", pid, dst,
+                       length, "noreplace")
+    return base
+
+
+def _summary(values: Sequence[str]) -> str:
+    return values[0] if len(set(values)) == 1 else "mixed"
+
+
+def to_mapping(pid: int, addr: int, length: int, base: int, total: int,
+               parts: Sequence[Part], stats: Dict[str, object]) -> _native.Mapping:
+    """The Mapping over [base, base+total) holding the clone of
+    [addr, addr+length) (base is addr's page, placed)."""
+    prot = _native.PROT_READ | _native.PROT_WRITE | _native.PROT_EXEC
+    for p in parts:
+        prot &= p.prot
+    return _native.make_mapping(
+        base, total, addr - page_down(addr), length, pid=pid, source_address=addr,
+        method=_summary([p.method for p in parts]),
+        kind=_summary([p.kind for p in parts]), prot=prot, parts=tuple(parts),
+        stats=stats)

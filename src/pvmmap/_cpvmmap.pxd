@@ -1,0 +1,66 @@
+# The C API of pvmmap's core (csrc/pvmmap.h), declared once for Cython, and
+# the few libc calls the binding makes itself.
+from libc.stdint cimport uint64_t, uintptr_t
+from posix.types cimport off_t, pid_t
+
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
+    int munmap(void *addr, size_t length)
+    int mprotect(void *addr, size_t length, int prot)
+    void *MAP_FAILED
+    # c_ names: the binding re-exports them to Python under the real ones.
+    int c_PROT_NONE "PROT_NONE"
+    int c_PROT_READ "PROT_READ"
+    int c_PROT_WRITE "PROT_WRITE"
+    int c_PROT_EXEC "PROT_EXEC"
+    int c_MAP_SHARED "MAP_SHARED"
+    int c_MAP_PRIVATE "MAP_PRIVATE"
+    int c_MAP_ANONYMOUS "MAP_ANONYMOUS"
+    int c_MAP_FIXED "MAP_FIXED"
+    int c_MAP_NORESERVE "MAP_NORESERVE"
+
+
+cdef extern from "compat.h" nogil:
+    int c_MAP_FIXED_NOREPLACE "MAP_FIXED_NOREPLACE"
+
+
+cdef extern from "pvmmap.h" nogil:
+    int PVMMAP_DEFAULT_SYSCALL_NR
+    int PVMMAP_FIXED
+    int PVMMAP_FIXED_NOREPLACE
+    int PVMMAP_COPY_MEM_ONLY
+    int PVMMAP_COPY_SKIP
+    int PVMMAP_SCAN_DATA
+    int PVMMAP_SCAN_ANON
+
+    size_t pvmmap_page_size()
+
+    long pvmmap_sys_process_vm_mmap(long nr, pid_t pid, uintptr_t src, size_t len,
+                                    uintptr_t dst, unsigned long flags)
+    int pvmmap_kallsyms_find(const char *const *names, int n)
+    int pvmmap_probe_native(long nr)
+    int pvmmap_uffd_probe()
+
+    struct pvmmap_range:
+        uintptr_t start
+        uintptr_t end
+    int pvmmap_scan(int pagemap_fd, uintptr_t start, uintptr_t end, int mode,
+                    pvmmap_range **out, size_t *n_out, int *how)
+
+    struct pvmmap_copy_stats:
+        uint64_t bytes_readv
+        uint64_t bytes_mem
+        uint64_t calls
+        uint64_t skipped
+        int threads
+    int pvmmap_copy(pid_t pid, int mem_fd, const pvmmap_range *r, size_t n,
+                    uintptr_t src_base, void *dst_base, int max_threads, int flags,
+                    pvmmap_copy_stats *stats)
+
+    # (struct and function share the name pvmmap_freeze in C)
+    struct freeze_state "pvmmap_freeze":
+        pid_t pid
+        int n
+    int pvmmap_freeze(pid_t pid, freeze_state *fz)
+    int pvmmap_thaw(freeze_state *fz)
