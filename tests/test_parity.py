@@ -3,6 +3,7 @@ call, clone() with each method.  Marked `kernel`, so the VM run compares the
 native backend against the same table: that is the parity between backends."""
 import contextlib
 import errno
+import re
 
 import pytest
 
@@ -69,3 +70,24 @@ def test_same_errors_every_way_in(src, entry):
         assert info.value.errno == err, (entry, name, info.value)
     # and exactly the classes Python picks from the errno
     assert all(t is type(OSError(e, "x")) for t, e in got.values())
+
+
+def _phrases(text, n=3):
+    words = re.findall(r"[a-z_]+", re.sub(r"0x[0-9a-f]+|\d+", " ", text.lower()))
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_messages_name_pid_and_range_once(src, entry):
+    """Each message: the pid and the range once, no phrase said twice, no
+    placeholder, nothing about the project's own layout."""
+    for name, (args, _, _) in cases(src).items():
+        pid, addr, length = args
+        with pytest.raises(OSError) as info:
+            ENTRY_POINTS[entry](args)
+        msg = str(info.value.strerror)
+        assert msg.count(f"pid {pid}") == 1, (name, msg)
+        assert msg.count(f"{addr:#x}-{addr + length:#x}") == 1, (name, msg)
+        phrases = _phrases(msg)
+        assert len(phrases) == len(set(phrases)), (name, msg)
+        assert "PID" not in msg and "issue" not in msg and "kernel/" not in msg, msg

@@ -212,8 +212,10 @@ def refuse(pid: int, region: Region, start: int, end: int,
 def refused(pid: int, region: Region, why: Tuple[int, str], start: int,
             end: int) -> OSError:
     err, what = why
-    return os_error(err, f"source VMA {region.start:#x}-{region.end:#x} is {what}",
-                    pid, start, end - start)
+    vma = "" if (region.start, region.end) == (start, end) else \
+        f" {region.start:#x}-{region.end:#x}"
+    return os_error(err, f"source VMA{vma} is {what}", pid, start, end - start,
+                    "refused" if err == errno.EFAULT else "")
 
 
 # ---- the destination -------------------------------------------------------
@@ -233,7 +235,7 @@ def reserve(pid: int, length: int, dst: int, flags: int) -> int:
         raise os_error(errno.EEXIST, "destination is already mapped", pid, dst,
                        length, "noreplace") from None
     except OSError as e:
-        raise os_error(e.errno, "reserving the destination", pid, dst,
+        raise os_error(e.errno or errno.ENOMEM, "reserving the destination", pid, dst,
                        length) from None
     if flags & (_native.FIXED | _native.FIXED_NOREPLACE) and base != dst:
         _native.munmap_raw(base, length)   # a kernel that took it as a hint

@@ -10,6 +10,7 @@ table of advice, so the same situation is always worded the same way.
 
 from __future__ import annotations
 
+import errno
 import os
 
 #: The backends PVMMAP_BACKEND accepts; error messages are built from it.
@@ -36,7 +37,12 @@ HINTS = {
     "overlap": "pick a destination outside the source range, or drop fixed=True",
     "noreplace": "pick a free destination, or use fixed=True to replace it",
     "address-space": "the range must end below the end of the user address space",
+    "refused": "this kind of memory cannot be cloned; clone the ranges around it",
 }
+
+#: The hint an error gets when its raiser names none (hint="" for none).
+DEFAULT_HINTS = {errno.EPERM: "ptrace", errno.EFAULT: "maps",
+                 errno.EEXIST: "noreplace"}
 
 
 def describe_range(start: int | None, length: int | None) -> str | None:
@@ -50,7 +56,8 @@ def describe_range(start: int | None, length: int | None) -> str | None:
 
 def message(err: int, what: str, pid: int | None = None, start: int | None = None,
             length: int | None = None, hint: str | None = None) -> str:
-    """The text of an error; `hint` is a key of HINTS or None."""
+    """The text of an error; `hint` is a key of HINTS, None for the errno's
+    default (DEFAULT_HINTS) or "" for none."""
     parts = [what]
     if pid is not None:
         parts.append(f"pid {pid}")
@@ -58,8 +65,10 @@ def message(err: int, what: str, pid: int | None = None, start: int | None = Non
     if rng:
         parts.append(rng)
     msg = f"{os.strerror(err)} ({', '.join(parts)})"
-    if hint:
-        msg += ": " + HINTS[hint].format(pid=pid if pid is not None else "PID")
+    if hint is None:
+        hint = DEFAULT_HINTS.get(err)
+    if hint and not (pid is None and "{pid}" in HINTS[hint]):
+        msg += ": " + HINTS[hint].format(pid=pid)
     return msg
 
 
