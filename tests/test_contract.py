@@ -1,4 +1,4 @@
-"""process_vm_mmap()'s exact contract (DESIGN.md §1), on whichever backend is
+"""process_vm_mmap()'s exact contract (docs/design.md §1), on whichever backend is
 active.  Marked `kernel`: the same functions run inside the VM against the
 project's kernel port with PVMMAP_BACKEND=native."""
 import ctypes

@@ -1,6 +1,6 @@
 /*
  * bench.c - process_vm_mmap() against fork(), the page-table-copy yardstick
- * (DESIGN.md section 1 "Cost").  Runs inside the test VM:
+ * (docs/design.md, section 1, "Cost").  Runs inside the test VM:
  *
  *   make -C kernel/tests bench && kernel/run-vm -- kernel/tests/bench [MiB] [reps]
  *

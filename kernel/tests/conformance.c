@@ -1,6 +1,6 @@
 /*
  * conformance.c - checks pvmmap's process_vm_mmap() kernel port against
- * DESIGN.md section 1.  Runs inside the test VM (kernel/run-vm), as root.
+ * docs/design.md, section 1.  Runs inside the test VM (kernel/run-vm), as root.
  *
  *   cc -O2 -static -I csrc -o conformance kernel/tests/conformance.c
  *   kernel/run-vm -- kernel/tests/conformance        (see kernel/tests/Makefile)
