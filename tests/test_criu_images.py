@@ -546,12 +546,21 @@ def _criu_binary():
     return r.stdout.strip()
 
 
-@needs_4k
-def test_criu_411_dump_of_a_live_child(tmp_path):
-    criu = _criu_binary()
-    ready = tmp_path / "ready"
-    dump_dir = tmp_path / "dump"
+def _criu_dump(criu, pid, dump_dir):
     dump_dir.mkdir()
+    r = subprocess.run([criu, "dump", "-t", str(pid), "-D", str(dump_dir),
+                        "--leave-running", "-o", "dump.log", "-v4"],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        log = (dump_dir / "dump.log").read_text(errors="replace").splitlines()
+        errors = [line for line in log if "Error" in line][-5:]
+        pytest.fail(f"criu dump failed ({r.returncode}): {errors or r.stderr[-500:]}")
+
+
+@pytest.fixture
+def live_child(tmp_path):
+    """A session-leader child with CHILD's layout: (Popen, priv_addr, shared_addr)."""
+    ready = tmp_path / "ready"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(ready)], stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              close_fds=True, start_new_session=True, cwd=tmp_path)
@@ -563,45 +572,109 @@ def test_criu_411_dump_of_a_live_child(tmp_path):
         priv_addr, shared_addr = map(int, ready.read_text().split())
         time.sleep(0.1)
         assert child.poll() is None, f"child exited with {child.returncode}"
-        r = subprocess.run([criu, "dump", "-t", str(child.pid), "-D", str(dump_dir),
-                            "--leave-running", "-o", "dump.log", "-v4"],
-                           capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:
-            log = (dump_dir / "dump.log").read_text(errors="replace").splitlines()
-            errors = [line for line in log if "Error" in line][-5:]
-            pytest.fail(f"criu dump failed ({r.returncode}): {errors or r.stderr[-500:]}")
-        dump = images.read_dump(dump_dir)
-        assert dump.pid == child.pid
-
-        # The kernel may merge priv with the interpreter's anonymous VMAs next
-        # to it, so look at its range, not at a VMA of its own.
-        priv_end = priv_addr + 64 * PAGE
-        (priv,) = [v for v in dump.vmas if v.start <= priv_addr and priv_end <= v.end]
-        runs = dump.pagemap.runs_in(priv_addr, priv_end)
-        assert runs and runs[-1].end <= priv_addr + 48 * PAGE       # the hole has no pages
-        data = bytearray(64 * PAGE)
-        for run in runs:
-            data[run.vaddr - priv_addr:run.end - priv_addr] = dump.read(run)
-        assert data == b"".join(bytes([i]) * PAGE for i in range(48)) + bytes(16 * PAGE)
-
-        # every run of memory the interpreter no longer writes equals /proc/PID/mem
-        checked = 0
-        with open(f"/proc/{child.pid}/mem", "rb") as mem:
-            for vma in dump.vmas:
-                if vma.start >= 1 << 47 or (vma.prot & 2 and vma is not priv):
-                    continue              # [vsyscall]; writable: may have changed since
-                for run in dump.pages_of(vma):
-                    if vma is priv:
-                        run = _clip(run, priv_addr, priv_end)
-                    if run is None or run.path is None:
-                        continue
-                    mem.seek(run.vaddr)
-                    assert dump.read(run) == mem.read(run.nr_pages * PAGE), hex(run.vaddr)
-                    checked += run.nr_pages
-        assert checked >= 48
-        shared = _vma(dump, shared_addr)
-        assert dump.shmid_of(shared) in dump.shmem
-        assert _gather(dump, shared) == b"\x5a" * (8 * PAGE)
+        yield child, priv_addr, shared_addr
     finally:
         child.kill()
         child.wait()
+
+
+@needs_4k
+def test_criu_411_dump_of_a_live_child(tmp_path, live_child):
+    criu = _criu_binary()
+    child, priv_addr, shared_addr = live_child
+    dump_dir = tmp_path / "dump"
+    _criu_dump(criu, child.pid, dump_dir)
+    dump = images.read_dump(dump_dir)
+    assert dump.pid == child.pid
+
+    # The kernel may merge priv with the interpreter's anonymous VMAs next
+    # to it, so look at its range, not at a VMA of its own.
+    priv_end = priv_addr + 64 * PAGE
+    (priv,) = [v for v in dump.vmas if v.start <= priv_addr and priv_end <= v.end]
+    runs = dump.pagemap.runs_in(priv_addr, priv_end)
+    assert runs and runs[-1].end <= priv_addr + 48 * PAGE       # the hole has no pages
+    data = bytearray(64 * PAGE)
+    for run in runs:
+        data[run.vaddr - priv_addr:run.end - priv_addr] = dump.read(run)
+    assert data == b"".join(bytes([i]) * PAGE for i in range(48)) + bytes(16 * PAGE)
+
+    # every run of memory the interpreter no longer writes equals /proc/PID/mem
+    checked = 0
+    with open(f"/proc/{child.pid}/mem", "rb") as mem:
+        for vma in dump.vmas:
+            if vma.start >= 1 << 47 or (vma.prot & 2 and vma is not priv):
+                continue              # [vsyscall]; writable: may have changed since
+            for run in dump.pages_of(vma):
+                if vma is priv:
+                    run = _clip(run, priv_addr, priv_end)
+                if run is None or run.path is None:
+                    continue
+                mem.seek(run.vaddr)
+                assert dump.read(run) == mem.read(run.nr_pages * PAGE), hex(run.vaddr)
+                checked += run.nr_pages
+    assert checked >= 48
+    shared = _vma(dump, shared_addr)
+    assert dump.shmid_of(shared) in dump.shmem
+    assert _gather(dump, shared) == b"\x5a" * (8 * PAGE)
+
+
+RESTORE = r"""
+import ctypes, os, signal, subprocess, sys
+# PR_SET_CHILD_SUBREAPER: the task `criu restore -d` leaves behind becomes ours to reap
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+criu, directory, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = subprocess.run([criu, "restore", "-D", directory, "-d", "-o", "restore.log", "-v4"])
+if r.returncode:
+    sys.exit(f"criu restore failed with {r.returncode}, see {directory}/restore.log")
+try:
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        for spec in sys.argv[4:]:
+            start, length = (int(x, 16) for x in spec.split(":"))
+            mem.seek(start)
+            sys.stdout.buffer.write(mem.read(length))
+finally:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+"""
+
+
+@needs_4k
+def test_criu_411_restores_from_our_pagemaps(tmp_path, live_child):
+    """CRIU 4.1.1 (which reads nr_pages from field 2 only) restores a process
+    from pagemap/pages images that write_pagemap rewrote, with new contents
+    in the private region so the restored memory can only come from ours."""
+    criu = _criu_binary()
+    child, priv_addr, shared_addr = live_child
+    dump_dir = tmp_path / "dump"
+    _criu_dump(criu, child.pid, dump_dir)
+    child.kill()
+    child.wait()                                  # restore needs the pid free
+
+    dump = images.read_dump(dump_dir)
+    priv_end = priv_addr + 64 * PAGE
+    new_priv = bytes((i * 13 + 5) & 0xFF for i in range(48 * PAGE))
+
+    def contents(run):
+        data = bytearray(dump.read(run))
+        lo, hi = max(run.vaddr, priv_addr), min(run.end, priv_addr + 48 * PAGE)
+        if lo < hi:
+            data[lo - run.vaddr:hi - run.vaddr] = new_priv[lo - priv_addr:hi - priv_addr]
+        return bytes(data)
+
+    for pm in [dump.pagemap, *dump.shmem.values()]:
+        assert all(r.path is not None for r in pm.runs)
+        runs = [(r.vaddr, contents(r) if pm is dump.pagemap else dump.read(r)) for r in pm.runs]
+        old = Path(pm.path).read_bytes()
+        with open(pm.path, "wb") as pmf, open(pm.pages_path, "wb") as pgf:
+            images.write_pagemap(pmf, pgf, pm.pages_id, runs)
+        assert Path(pm.path).read_bytes() != old    # ours (fields 2 and 5), not CRIU's
+    mm_path = dump_dir / f"mm-{child.pid}.img"
+    mm_path.write_bytes(images.encode_mm(dump.mm))
+    assert images.read_dump(dump_dir).vmas == dump.vmas
+
+    r = subprocess.run([sys.executable, "-c", RESTORE, criu, str(dump_dir), str(child.pid),
+                        f"{priv_addr:x}:{64 * PAGE:x}", f"{shared_addr:x}:{8 * PAGE:x}"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-800:]
+    assert r.stdout[:64 * PAGE] == new_priv + bytes(16 * PAGE)
+    assert r.stdout[64 * PAGE:] == b"\x5a" * (8 * PAGE)
