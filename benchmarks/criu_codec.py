@@ -117,11 +117,12 @@ def protobuf_classes():
                               (3, "in_parent", F.TYPE_BOOL, OPT, None),
                               (4, "flags", F.TYPE_UINT32, OPT, None),
                               (5, "nr_pages", F.TYPE_UINT64, OPT, None)])
-    message("vma_entry", [(1, "start", F.TYPE_UINT64, REQ, None), (2, "end", F.TYPE_UINT64, REQ, None),
-                          (3, "pgoff", F.TYPE_UINT64, REQ, None), (4, "shmid", F.TYPE_UINT64, REQ, None),
-                          (5, "prot", F.TYPE_UINT32, REQ, None), (6, "flags", F.TYPE_UINT32, REQ, None),
-                          (7, "status", F.TYPE_UINT32, REQ, None), (8, "fd", F.TYPE_SINT64, REQ, None),
-                          (9, "madv", F.TYPE_UINT64, OPT, None), (10, "fdflags", F.TYPE_UINT32, OPT, None)])
+    U64, U32, S64 = F.TYPE_UINT64, F.TYPE_UINT32, F.TYPE_SINT64
+    message("vma_entry", [(1, "start", U64, REQ, None), (2, "end", U64, REQ, None),
+                          (3, "pgoff", U64, REQ, None), (4, "shmid", U64, REQ, None),
+                          (5, "prot", U32, REQ, None), (6, "flags", U32, REQ, None),
+                          (7, "status", U32, REQ, None), (8, "fd", S64, REQ, None),
+                          (9, "madv", U64, OPT, None), (10, "fdflags", U32, OPT, None)])
     mm_fields = [(i, f"f{i}", F.TYPE_UINT64, REQ, None) for i in range(1, 12)]
     mm_fields += [(12, "exe_file_id", F.TYPE_UINT32, REQ, None),
                   (13, "mm_saved_auxv", F.TYPE_UINT64, REP, None),

@@ -351,7 +351,8 @@ def test_writer_refuses_bad_runs(tmp_path):
         write([(0x2000, bytes(2 * PAGE)), (0x3000, bytes(PAGE))])
     with pytest.raises(ValueError, match="outside every VMA"):
         write([(0x10000, bytes(PAGE))], within=[(0x1000, 0x3000)])
-    write([(0x1000, bytes(PAGE)), (0x2000, bytes(PAGE))], within=[(0x1000, 0x2000), (0x2000, 0x3000)])
+    write([(0x1000, bytes(PAGE)), (0x2000, bytes(PAGE))],             # touching VMAs: fine
+          within=[(0x1000, 0x2000), (0x2000, 0x3000)])
 
 
 # -- bad images: ImageError and nothing else ------------------------------------------
@@ -449,7 +450,8 @@ def test_inconsistent_pagemap(fixture_copy, entries, message):
 
 def test_check_pagemap_direct():
     run = lambda v, nr: images.PageRun(v, None, None, nr, 0)       # noqa: E731
-    images.check_pagemap([run(0x1000, 1), run(0x2000, 2)], [(0x1000, 0x2000), (0x2000, 0x4000)], "x")
+    images.check_pagemap([run(0x1000, 1), run(0x2000, 2)],
+                         [(0x1000, 0x2000), (0x2000, 0x4000)], "x")
     with pytest.raises(ImageError, match="x: entry 1 .* overlaps"):
         images.check_pagemap([run(0x1000, 2), run(0x2000, 1)], [(0, 0x10000)], "x")
     with pytest.raises(ImageError, match="outside"):

@@ -1,5 +1,15 @@
 """CRIU images: read and write the memory part of a CRIU dump.
 
+    from pvmmap.criu import read_dump
+    dump = read_dump("DIR")                # pid from pstree.img
+    for vma in dump.vmas:
+        for run in dump.pages_of(vma):     # (vaddr, path, offset, nr_pages, flags)
+            data = dump.read(run)          # or mmap run.path at run.offset
+
+Writing: write_dump(DIR, pid, Mm(vmas=[...]), ((vaddr, bytes), ...)) for a
+whole dump, or write_pagemap(pagemap_file, pages_file, pages_id, runs) to
+stream one pagemap + pages pair.  Everything malformed raises ImageError.
+
 images.py is self-contained (stdlib only, no import of the rest of pvmmap),
 so it can also be loaded on its own from its file path.
 """

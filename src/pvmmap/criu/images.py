@@ -38,10 +38,11 @@ at its page-pipe buffers), and 65530 is vm.max_map_count.  protobuf is 2.5 to
 10 times faster per message, but in absolute terms the realistic cases cost
 milliseconds either way, and the worst cases cost about what moving the 1 GiB
 of pages costs anyway (a first-touch fault is 3-4 us per page here).  Against
-that: protobuf would be a new dependency (Debian's build is no faster than
-this on pagemaps), it needs the .proto schemas or generated code shipped, and
-it gives neither CRIU's framing nor the field 2/5 rule nor errors naming the
-file.  So: stdlib only, with a fast path for pagemap entries.
+that: protobuf would be a new dependency (Debian's own build, the one an apt
+user has, is only 1.2-1.6 times faster on pagemaps), it needs the .proto
+schemas or generated code shipped, and it gives neither CRIU's framing nor the
+field 2/5 rule nor errors naming the file.  So: stdlib only, with a fast
+path for pagemap entries.
 
 Every malformed input raises ImageError (a ValueError), with the file and what
 is wrong in its message.
@@ -585,18 +586,24 @@ class PageRun(NamedTuple):
         return self.vaddr + self.nr_pages * PAGE_SIZE
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pagemap:
-    """One pagemap image and where its pages are."""
+    """One pagemap image (pagemap-PID.img or pagemap-shmem-SHMID.img) and
+    where its pages are: runs in image order, which is address order."""
     path: str
     pages_id: int
     pages_path: str
-    runs: List[PageRun]
+    runs: Tuple[PageRun, ...]
+    _starts: List[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "runs", tuple(self.runs))
+        object.__setattr__(self, "_starts", [r.vaddr for r in self.runs])
 
     def runs_in(self, start: int, end: int, shift: int = 0) -> List[PageRun]:
         """The runs clipped to [start, end), their vaddr moved by *shift*."""
         out = []
-        i = max(bisect.bisect_right(self._starts(), start) - 1, 0)
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
         for run in self.runs[i:]:
             if run.vaddr >= end:
                 break
@@ -608,13 +615,6 @@ class Pagemap:
                 vaddr=lo + shift, nr_pages=(hi - lo) // PAGE_SIZE,
                 offset=None if run.offset is None else run.offset + skip))
         return out
-
-    def _starts(self) -> List[int]:
-        starts = self.__dict__.get("_starts_cache")
-        if starts is None or len(starts) != len(self.runs):
-            starts = [r.vaddr for r in self.runs]
-            self.__dict__["_starts_cache"] = starts
-        return starts
 
 
 @dataclass
@@ -641,8 +641,11 @@ class Dump:
 
     def pages_of(self, vma: Vma) -> List[PageRun]:
         """vma's pages in this dump as runs in address order: (vaddr, pages
-        file, offset in it, nr_pages, flags).  Addresses with no run read as
-        zeros (or, for file mappings, as the file)."""
+        file, offset in it, nr_pages, flags), clipped to the VMA; for a shmem
+        VMA, its part of the object's pagemap moved to its addresses.
+        Addresses with no run read as zeros, or for file mappings as the
+        file.  SysV shm and packet-socket VMAs (pages in other images) give
+        no runs."""
         shmid = self.shmid_of(vma)
         if shmid is not None:
             return self.shmem[shmid].runs_in(vma.pgoff, vma.pgoff + vma.size,
