@@ -1,16 +1,21 @@
 /*
- * bench.c - baselines for the benchmark harness, written the way a careful
- * user would write them without pvmmap.
+ * baseline.c - the raw C baseline of the benchmark, written the way a careful
+ * user would write it without pvmmap: process_vm_readv into fresh memory.
+ * Standalone (no pvmmap header): benchmarks/harness.py builds it with
+ * `cc -O2 -shared -fPIC` into benchmarks/build/ and calls it through ctypes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/mman.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
-#include "pvmmap.h"
-
-/* Returns 0, or -1 with errno (EFAULT if the source range is short). */
-int pvmmap_bench_readv_fresh(pid_t pid, uintptr_t addr, size_t len, size_t chunk)
+/* Copies [addr, addr+len) of pid into a fresh private mapping, `chunk` bytes
+ * per call (0: one call), then unmaps it.  Returns 0, or -1 with errno
+ * (EFAULT if the source range is short). */
+int bench_readv_fresh(pid_t pid, uintptr_t addr, size_t len, size_t chunk)
 {
     char *dst = mmap(NULL, len, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -1,18 +1,13 @@
 #!/usr/bin/env python3
-"""Run pvmmap's benchmark: the same harness as `pvmmap bench` (src/pvmmap/_bench.py).
+"""Run pvmmap's benchmark (benchmarks/harness.py; results in benchmarks/RESULTS.md).
 
     python3 benchmarks/bench.py [--quick | --size 1G --repeat 5] [--json FILE]
 
-Uses the installed pvmmap; falls back to this checkout's src/ when pvmmap is not installed.
+Uses the installed pvmmap (`pip install -e .`) and the tests' child process.
 """
-import os
 import sys
 
-try:
-    from pvmmap import _bench
-except ImportError:
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-    from pvmmap import _bench
+from harness import main
 
 if __name__ == "__main__":
-    sys.exit(_bench.main(sys.argv[1:], prog="benchmarks/bench.py"))
+    sys.exit(main(sys.argv[1:], prog="benchmarks/bench.py"))

@@ -1,12 +1,15 @@
-"""The pvmmap benchmark harness (``pvmmap bench``, ``benchmarks/bench.py``).
+"""The pvmmap benchmark harness, run as ``python3 benchmarks/bench.py``.
+
+It uses the installed pvmmap (its public API, and ``pvmmap._native.scan_pages``
+for a sparse baseline) and the tests' source process, ``tests/child.py``.
 
 It measures, in one run, ``pvmmap.clone()`` against what a user would do
 without it, and prints ratios of medians:
 
 * dense: one private anonymous region (default 1 GiB, every page written)
   cloned eagerly (``method="copy"``) against a naive Python read of
-  /proc/PID/mem, ctypes process_vm_readv into a fresh mmap, the core's raw C
-  process_vm_readv loop into fresh memory, memcpy between two prefaulted
+  /proc/PID/mem, ctypes process_vm_readv into a fresh mmap, a raw C
+  process_vm_readv loop into fresh memory (``benchmarks/baseline.c``), memcpy between two prefaulted
   buffers (the copying limit), ``gdb -p PID -batch -ex 'gcore F'`` and fork()
   of the source (the page-table limit the native call shares);
 * sparse: a 64 GiB MAP_NORESERVE reservation with 4096 single pages written
@@ -52,9 +55,7 @@ PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x20, 0x4000
 MAP_FAILED = ctypes.c_void_p(-1).value
 
-# Every page of a source region starts with STAMP ^ page index, so a clone
-# can be checked cheaply (outside the timed part).
-STAMP = 0x5056_4D4D_4150_0000
+# Fill byte of the memset baselines (the prefaulted pair, the fault cost).
 FILL_BYTE = 0x5A
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -95,126 +96,40 @@ def _munmap(addr, length):
 # ----------------------------------------------------------------------------
 # Source processes
 
-# Runs in a child Python: maps the regions of the spec (argv[1], JSON), fills
-# them, prints their addresses as one JSON line, then serves commands read
-# from stdin ("fork": time a fork() of itself; "exit" or EOF: leave).
-_SOURCE_SCRIPT = r"""
-import ctypes, json, os, random, sys, time
-spec = json.loads(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL: never outlive the harness
-if os.getppid() != spec["parent"]:
-    sys.exit(1)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_int, ctypes.c_long]
-PAGE = os.sysconf("SC_PAGE_SIZE")
-STAMP, FILL = spec["stamp"], spec["fill"]
-out = {"pid": os.getpid(), "regions": {}}
-for r in spec["regions"]:
-    flags = 0x20 | (0x01 if r["kind"] == "shared" else 0x02)  # ANONYMOUS|SHARED/PRIVATE
-    if r["kind"] == "sparse":
-        flags |= 0x4000  # MAP_NORESERVE
-    addr = libc.mmap(None, r["size"], 3, flags, -1, 0)
-    if addr in (None, ctypes.c_void_p(-1).value):
-        err = ctypes.get_errno()
-        sys.exit(f"source: mmap {r} failed: {os.strerror(err)}")
-    npages = r["size"] // PAGE
-    words = (ctypes.c_uint64 * (r["size"] // 8)).from_address(addr)
-    step = PAGE // 8
-    if r["kind"] == "sparse":
-        pages = sorted(random.Random(r["seed"]).sample(range(npages), r["pages"]))
-        for i in pages:
-            ctypes.memset(addr + i * PAGE, FILL, PAGE)
-            words[i * step] = STAMP ^ i
-    else:
-        pages = None
-        ctypes.memset(addr, FILL, r["size"])
-        for i in range(npages):
-            words[i * step] = STAMP ^ i
-    out["regions"][r["name"]] = {"addr": addr, "size": r["size"], "kind": r["kind"],
-                                 "pages": pages}
-sys.stdout.write(json.dumps(out) + "\n")
-sys.stdout.flush()
-for line in sys.stdin:
-    cmd = line.strip()
-    if cmd == "fork":
-        t0 = time.perf_counter_ns()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        t1 = time.perf_counter_ns()
-        os.waitpid(pid, 0)
-        t2 = time.perf_counter_ns()
-        sys.stdout.write(json.dumps({"fork_ns": t1 - t0, "exit_wait_ns": t2 - t1}) + "\n")
-        sys.stdout.flush()
-    elif cmd == "exit":
-        break
-"""
+# The sources are tests/child.py, the tests' child with a known layout: a
+# pattern-filled page `i` of a region with seed `seed` starts with the two
+# u64 (seed, i), which is what the checks below read.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+import child  # noqa: E402
 
 
-class Source:
-    """A child Python holding regions with a known layout; always reaped by close()."""
+def _die_with_parent(parent=os.getpid()):
+    """preexec_fn of the sources: never outlive the harness (PR_SET_PDEATHSIG, SIGKILL)."""
+    _libc.prctl(1, 9, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
-    def __init__(self, regions):
-        spec = {"parent": os.getpid(), "stamp": STAMP, "fill": FILL_BYTE, "regions": regions}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SOURCE_SCRIPT, json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"source process exited with {self.proc.wait()} "
-                                   f"while setting up {[r['name'] for r in regions]}")
-            info = json.loads(line)
-        except BaseException:
-            self.close()
-            raise
-        self.pid = info["pid"]
-        self.regions = info["regions"]
 
-    def request(self, cmd):
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"source {self.proc.pid} died during {cmd!r}")
-        return json.loads(line)
+def start_source(spec):
+    """A tests/child.py source holding the regions of `spec` (its vocabulary)."""
+    return child.Source(spec, preexec_fn=_die_with_parent)
 
-    def cpu_seconds(self):
-        """utime + stime of the source so far (0 once it is gone)."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            # utime, stime, cutime, cstime: fork()ed grandchildren count too
-            return sum(int(x) for x in fields[11:15]) / CLK_TCK
-        except (OSError, IndexError, ValueError):
-            return 0.0
 
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write("exit\n")
-                self.proc.stdin.close()
-            except (BrokenPipeError, ValueError):
-                pass
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream and not stream.closed:
-                try:
-                    stream.close()
-                except BrokenPipeError:
-                    pass
+def sparse_pages(npages, k, seed):
+    """The seeded random page indexes written in a sparse region (sorted)."""
+    return sorted(random.Random(seed).sample(range(npages), k))
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+def _cpu_seconds(pid):
+    """utime + stime of a source so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # utime, stime, cutime, cstime: fork()ed grandchildren count too
+        return sum(int(x) for x in fields[11:15]) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 # ----------------------------------------------------------------------------
@@ -226,7 +141,7 @@ class _Cpu:
 
     def __init__(self, sources=()):
         self.sources = list(sources)
-        self.exclude = {os.getpid()} | {s.proc.pid for s in self.sources}
+        self.exclude = {os.getpid()} | {s.pid for s in self.sources}
 
     def snapshot(self):
         with open("/proc/stat") as f:
@@ -237,7 +152,7 @@ class _Cpu:
                 (user + nice + system + irq + softirq) / CLK_TCK,
                 steal / CLK_TCK,
                 t.user + t.system + t.children_user + t.children_system,
-                sum(s.cpu_seconds() for s in self.sources),
+                sum(_cpu_seconds(s.pid) for s in self.sources),
                 _proc_cpu_table(self.exclude))
 
     @staticmethod
@@ -310,7 +225,7 @@ def wait_quiet(cpu, max_wait, threshold, sample=0.5):
 # What gets measured
 
 class Skip(Exception):
-    """A configuration that cannot run here (missing tool or hook); the message says why."""
+    """A configuration that cannot run here (missing tool or compiler); the message says why."""
 
 
 class Timer:
@@ -342,13 +257,13 @@ def _teardown_ns(fn, *args):
     return time.perf_counter_ns() - t0
 
 
-def _check_stamps(buf, base_page, pages, label):
-    """buf starts at source page `base_page`; every listed page must carry its stamp."""
+def _check_stamps(buf, seed, pages, label):
+    """buf holds a region from its first page; every listed page i must start
+    with child.page_bytes(seed, i)'s (seed, i)."""
     for i in pages:
-        off = (i - base_page) * PAGE
-        got = struct.unpack_from("<Q", buf, off)[0]
-        if got != STAMP ^ i:
-            raise AssertionError(f"{label}: page {i} holds {got:#x}, expected {STAMP ^ i:#x}")
+        got = struct.unpack_from("<QQ", buf, i * PAGE)
+        if got != (seed, i):
+            raise AssertionError(f"{label}: page {i} starts with {got}, expected {(seed, i)}")
 
 
 def _sample_pages(npages, k=64):
@@ -366,7 +281,7 @@ class Config:
 
 def _pvmmap_clone(pvm, cpu, src, region, method, check_pages, expect_method=None):
     def run():
-        r = src.regions[region]
+        r = src.region(region)
         with Timer(cpu) as t:
             m = pvm.clone(src.pid, r["addr"], r["size"], method=method)
         try:
@@ -378,9 +293,9 @@ def _pvmmap_clone(pvm, cpu, src, region, method, check_pages, expect_method=None
             with memoryview(m) as mv:
                 if len(mv) != r["size"]:
                     raise AssertionError(f"clone length {len(mv)} != {r['size']}")
-                _check_stamps(mv, 0, check_pages(r), "pvmmap.clone")
-                if r["kind"] == "sparse":  # a hole must read as zeros
-                    written = set(r["pages"])
+                _check_stamps(mv, r["seed"], check_pages(r), "pvmmap.clone")
+                if isinstance(r["fill"], list):  # sparse: a hole must read as zeros
+                    written = set(r["fill"])
                     hole = next(i for i in range(r["size"] // PAGE) if i not in written)
                     if any(mv[hole * PAGE:hole * PAGE + 64]):
                         raise AssertionError(f"hole page {hole} of the sparse clone is not zero")
@@ -393,14 +308,14 @@ def _pvmmap_clone(pvm, cpu, src, region, method, check_pages, expect_method=None
 
 def _naive_proc_mem(cpu, src, region):
     def run():
-        r = src.regions[region]
+        r = src.region(region)
         with Timer(cpu) as t:
             with open(f"/proc/{src.pid}/mem", "rb") as f:
                 f.seek(r["addr"])
                 data = f.read(r["size"])
         if len(data) != r["size"]:
             raise AssertionError(f"read {len(data)} of {r['size']} bytes")
-        _check_stamps(data, 0, _sample_pages(r["size"] // PAGE), "naive read")
+        _check_stamps(data, r["seed"], _sample_pages(r["size"] // PAGE), "naive read")
         t0 = time.perf_counter_ns()
         del data
         td = time.perf_counter_ns() - t0
@@ -424,41 +339,65 @@ def _readv_into(pid, dst, remote_addr, length, chunk):
 
 def _ctypes_readv_fresh(cpu, src, region, chunk):
     def run():
-        r = src.regions[region]
+        r = src.region(region)
         n = r["size"]
         with Timer(cpu) as t:
             dst = _mmap_anon(n)
             _readv_into(src.pid, dst, r["addr"], n, chunk)
         try:
             buf = (ctypes.c_char * n).from_address(dst)
-            _check_stamps(memoryview(buf).cast("B"), 0, _sample_pages(n // PAGE), "ctypes readv")
+            _check_stamps(memoryview(buf).cast("B"), r["seed"], _sample_pages(n // PAGE), "ctypes readv")
         finally:
             td = _teardown_ns(_munmap, dst, n)
         return {"ns": t.ns, "teardown_ns": td, "others_s": t.others_s, "steal_s": t.steal_s}
     return run
 
 
-def _native_hook(name):
+def _native_scan_pages():
     try:
-        native = importlib.import_module("pvmmap._native")
+        return importlib.import_module("pvmmap._native").scan_pages
     except Exception as e:  # noqa: BLE001 - any import failure means "not built"
-        raise Skip(f"pvmmap._native not importable ({e.__class__.__name__}: {e})") from None
-    fn = getattr(native, name, None)
-    if fn is None:
-        raise Skip(f"pvmmap._native.{name} missing (core hook not written yet)")
-    return fn
+        raise Skip(f"pvmmap._native.scan_pages not importable "
+                   f"({e.__class__.__name__}: {e})") from None
+
+
+_BASELINE_C = os.path.join(REPO, "benchmarks", "baseline.c")
+_BASELINE_SO = os.path.join(REPO, "benchmarks", "build", "baseline.so")
+
+
+def _baseline_lib():
+    """benchmarks/baseline.c through ctypes, compiled on first use (again when
+    the source is newer); raises Skip when there is no compiler or it fails."""
+    so_fresh = (os.path.exists(_BASELINE_SO)
+                and os.path.getmtime(_BASELINE_SO) >= os.path.getmtime(_BASELINE_C))
+    if not so_fresh:
+        name = os.environ.get("CC", "cc")
+        cc = shutil.which(name)
+        if cc is None:
+            raise Skip(f"no C compiler ({name}) to build benchmarks/baseline.c")
+        os.makedirs(os.path.dirname(_BASELINE_SO), exist_ok=True)
+        tmp = f"{_BASELINE_SO}.{os.getpid()}"
+        p = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, _BASELINE_C],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise Skip(f"{cc} failed on benchmarks/baseline.c: {p.stderr.strip()[-300:]}")
+        os.replace(tmp, _BASELINE_SO)
+    lib = ctypes.CDLL(_BASELINE_SO, use_errno=True)
+    lib.bench_readv_fresh.restype = ctypes.c_int
+    lib.bench_readv_fresh.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t,
+                                      ctypes.c_size_t]
+    return lib
 
 
 def _c_readv_fresh(cpu, src, region, chunk):
     def run():
-        hook = _native_hook("bench_readv_fresh")
-        r = src.regions[region]
+        lib = _baseline_lib()
+        r = src.region(region)
         with Timer(cpu) as t:
-            ret = hook(src.pid, r["addr"], r["size"], chunk=chunk)
-        out = {"ns": t.ns, "others_s": t.others_s, "steal_s": t.steal_s}
-        if ret is not None:
-            out["hook_returned"] = ret
-        return out
+            rc = lib.bench_readv_fresh(src.pid, r["addr"], r["size"], chunk)
+        if rc != 0:
+            raise _oserror(f"bench_readv_fresh pid {src.pid}")
+        return {"ns": t.ns, "others_s": t.others_s, "steal_s": t.steal_s}
     return run
 
 
@@ -486,7 +425,7 @@ def _readv_prefaulted(cpu, src, region, pair, chunk):
     """process_vm_readv into already-faulted memory: the copy without the destination faults."""
     def run():
         pair.ensure()
-        r = src.regions[region]
+        r = src.region(region)
         with Timer(cpu) as t:
             _readv_into(src.pid, pair.dst, r["addr"], r["size"], chunk)
         return {"ns": t.ns, "others_s": t.others_s, "steal_s": t.steal_s}
@@ -540,7 +479,7 @@ def _gcore(cpu, src, core_dir):
 def _fork(cpu, src):
     def run():
         with Timer(cpu) as t:
-            r = src.request("fork")
+            r = src.fork()
         return {"ns": r["fork_ns"], "teardown_ns": r["exit_wait_ns"],
                 "others_s": t.others_s, "steal_s": t.steal_s, "roundtrip_ns": t.ns}
     return run
@@ -595,7 +534,7 @@ def _scan_copy(cpu, src, region, scanner):
     """Sparse baseline: scan, then process_vm_readv those ranges (1024 iovecs a call) into fresh memory."""
     def run():
         scan = scanner()
-        r = src.regions[region]
+        r = src.region(region)
         with Timer(cpu) as t:
             ranges = scan(src.pid, r["addr"], r["size"])
             t_scan = time.perf_counter_ns()
@@ -617,14 +556,14 @@ def _scan_copy(cpu, src, region, scanner):
                     raise _oserror(f"process_vm_readv of {k} ranges: got {got} of {want}")
         try:
             npages = total // PAGE
-            if npages != len(r["pages"]):
-                raise AssertionError(f"scan found {npages} pages, the source wrote {len(r['pages'])}")
+            if npages != len(r["fill"]):
+                raise AssertionError(f"scan found {npages} pages, the source wrote {len(r['fill'])}")
             buf = memoryview((ctypes.c_char * total).from_address(dst)).cast("B")
             # ranges are sorted, so the k-th found page is the k-th written page
             for k in (0, npages // 2, npages - 1):
-                got = struct.unpack_from("<Q", buf, k * PAGE)[0]
-                if got != STAMP ^ r["pages"][k]:
-                    raise AssertionError(f"scan+copy page {k}: {got:#x}")
+                got = struct.unpack_from("<QQ", buf, k * PAGE)
+                if got != (r["seed"], r["fill"][k]):
+                    raise AssertionError(f"scan+copy page {k} starts with {got}")
             buf.release()
         finally:
             td = _teardown_ns(_munmap, dst, total)
@@ -635,10 +574,10 @@ def _scan_copy(cpu, src, region, scanner):
 
 
 def _pick_scanner(prefer):
-    """The core's scanner (the one clone uses) when present, else PAGEMAP_SCAN via ctypes."""
+    """"native": the core's scanner (the one clone uses); else PAGEMAP_SCAN via ctypes."""
     def scanner():
         if prefer == "native":
-            return _native_hook("scan_pages")
+            return _native_scan_pages()
         return scan_pages_ctypes
     return scanner
 
@@ -703,8 +642,9 @@ def _warm_up(pvm, sources):
     """One untimed clone of one page before the samples: the first clone() of a process
     also detects features (reads /proc/kallsyms...), a one-time cost. Returns its ns."""
     for src in sources:
-        for r in src.regions.values():
-            addr = r["addr"] if r["kind"] != "sparse" else r["addr"] + r["pages"][0] * PAGE
+        for name in src.spec:
+            r = src.region(name)
+            addr = r["addr"] + (r["fill"][0] * PAGE if isinstance(r["fill"], list) else 0)
             t0 = time.perf_counter_ns()
             try:
                 pvm.clone(src.pid, addr, PAGE).close()
@@ -729,9 +669,9 @@ def build_configs(args, pvm, cpu, dense, sparse, shared, pair, core_dir):
         cs.append(Config(d, "ctypes process_vm_readv -> fresh mmap",
                          _ctypes_readv_fresh(cpu, dense, d, args.chunk), bytes_moved=dn,
                          note=f"{fmt_size(args.chunk)} per call, time includes mmap"))
-        cs.append(Config(d, "C process_vm_readv loop -> fresh (core hook)",
+        cs.append(Config(d, "C process_vm_readv loop -> fresh (baseline.c)",
                          _c_readv_fresh(cpu, dense, d, args.chunk), bytes_moved=dn,
-                         note="_native.bench_readv_fresh; time includes munmap"))
+                         note="benchmarks/baseline.c via ctypes; time includes munmap"))
         cs.append(Config(d, "memcpy, prefaulted (the limit)", _memcpy(cpu, pair), bytes_moved=dn,
                          note="ctypes.memmove between two prefaulted buffers"))
         cs.append(Config(d, "ctypes process_vm_readv -> prefaulted",
@@ -750,7 +690,7 @@ def build_configs(args, pvm, cpu, dense, sparse, shared, pair, core_dir):
         if pvm:
             cs.append(Config(s, "pvmmap.clone(method='copy')",
                              _pvmmap_clone(pvm, cpu, sparse, s, "copy",
-                                           lambda r: r["pages"][::64] + r["pages"][-1:]),
+                                           lambda r: r["fill"][::64] + r["fill"][-1:]),
                              reference=True, bytes_moved=moved))
         for which in args.scanners:
             label = ("core scan_pages" if which == "native" else "ctypes PAGEMAP_SCAN")
@@ -758,7 +698,8 @@ def build_configs(args, pvm, cpu, dense, sparse, shared, pair, core_dir):
                              _scan_copy(cpu, sparse, s, _pick_scanner(which)), bytes_moved=moved,
                              note="scan, then process_vm_readv 1024 iovecs/call -> fresh"))
     if shared:
-        for name, r in shared.regions.items():
+        for name in shared.spec:
+            r = shared.region(name)
             if pvm:
                 cs.append(Config("shared", f"pvmmap.clone(method='auto') {fmt_size(r['size'])}",
                                  _pvmmap_clone(pvm, cpu, shared, name, "auto",
@@ -860,6 +801,16 @@ def summarize(configs):
     return rows
 
 
+# Mapping.stats keys, in the order printed (a key not listed here is printed after them).
+STATS_KEYS = ("bytes_readv", "bytes_mem", "calls", "threads", "lost_pages", "scan",
+              "frozen_threads")
+
+
+def _fmt_stats(stats):
+    keys = [k for k in STATS_KEYS if k in stats] + sorted(set(stats) - set(STATS_KEYS))
+    return ", ".join(f"{k}={stats[k]}" for k in keys)
+
+
 def print_table(rows, out):
     w = max(len(r["name"]) for r in rows) if rows else 10
     out.write(f"{'group':7} {'configuration':{w}} {'median':>9} {'min':>9} {'x pvmmap':>8} "
@@ -884,7 +835,7 @@ def print_table(rows, out):
         if r.get("method"):
             extra.append(f"Mapping.method={r['method']!r}")
         if isinstance(r.get("stats"), dict) and r["stats"]:
-            extra.append("stats " + ", ".join(f"{k}={v}" for k, v in r["stats"].items()))
+            extra.append("stats " + _fmt_stats(r["stats"]))
         if extra:
             out.write(f"{'':7} {'':{w}}   ({'; '.join(extra)})\n")
     out.write("x pvmmap = median / median of the pvmmap row of the group (> 1: pvmmap is faster); "
@@ -937,7 +888,7 @@ def targets(rows, dense_size=GIB):
     return out
 
 
-def build_parser(prog="pvmmap bench"):
+def build_parser(prog="benchmarks/bench.py"):
     p = argparse.ArgumentParser(
         prog=prog, description="Time pvmmap.clone() against the copies a user would write "
         "without it (dense, sparse and shared memory of a child process) and print ratios.")
@@ -976,7 +927,7 @@ def build_parser(prog="pvmmap bench"):
     return p
 
 
-def main(argv=None, prog="pvmmap bench"):
+def main(argv=None, prog="benchmarks/bench.py"):
     args = build_parser(prog).parse_args(argv)
     if args.quick:
         args.size, args.repeat = min(args.size, 256 * MIB), min(args.repeat, 3)
@@ -1002,15 +953,19 @@ def main(argv=None, prog="pvmmap bench"):
     try:
         dense = sparse = shared = None
         if "dense" in groups:
-            dense = Source([{"name": "dense", "kind": "private", "size": args.size}])
+            dense = start_source([{"name": "dense", "kind": "anon", "size": args.size,
+                                   "seed": 1, "fill": "pattern"}])
             sources.append(dense)
         if "sparse" in groups:
-            sparse = Source([{"name": "sparse", "kind": "sparse", "size": args.sparse_reserve,
-                              "pages": args.sparse_pages, "seed": args.seed}])
+            fill = sparse_pages(args.sparse_reserve // PAGE, args.sparse_pages, args.seed)
+            sparse = start_source([{"name": "sparse", "kind": "anon", "noreserve": True,
+                                    "size": args.sparse_reserve, "seed": args.seed,
+                                    "fill": fill}])
             sources.append(sparse)
         if "shared" in groups and shared_sizes:
-            shared = Source([{"name": f"shared_{i}", "kind": "shared", "size": n}
-                             for i, n in enumerate(shared_sizes)])
+            shared = start_source([{"name": f"shared_{i}", "kind": "shared", "size": n,
+                                    "seed": 3 + i, "fill": "pattern"}
+                                   for i, n in enumerate(shared_sizes)])
             sources.append(shared)
         cpu = _Cpu(sources)
         cold_ns = _warm_up(pvm, sources) if pvm else None
@@ -1063,6 +1018,3 @@ def main(argv=None, prog="pvmmap bench"):
                 f, indent=1, default=str)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m pvmmap._bench"))

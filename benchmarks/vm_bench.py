@@ -2,16 +2,15 @@
 
 Meant for the VM with the kernel port:
     kernel/run-vm -- python3 benchmarks/vm_bench.py [--size 256M] [--repeat 5]
-A child maps and fills its own region (4 KiB pages, or MADV_HUGEPAGE for
-THP), then serves commands: "fork" times os.fork() of itself (the
-page-table copy the native call shares).  The parent times the raw
-sys_process_vm_mmap() call, clone(method="native") (the call plus pvmmap's
-Python around it) and clone(method="copy") of the same region.  Every
-configuration runs once per repetition, round robin; medians are printed.
+The source is the tests' child (tests/child.py) with one pattern-filled anon
+region (4 KiB pages, or "thp": 2 MiB aligned with MADV_HUGEPAGE); its "fork"
+command times os.fork() of itself (the page-table copy the native call
+shares).  The parent times the raw sys_process_vm_mmap() call,
+clone(method="native") (the call plus pvmmap's Python around it) and
+clone(method="copy") of the same region.  Every configuration runs once per
+repetition, round robin; medians are printed.
 """
 import argparse
-import ctypes
-import mmap
 import os
 import statistics
 import struct
@@ -20,32 +19,11 @@ import time
 
 import pvmmap
 
-MADV_HUGEPAGE = 14
-HUGE = 2 << 20
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
+import child  # noqa: E402
 
-
-def child(size, thp, req, resp):
-    libc = ctypes.CDLL(None, use_errno=True)
-    raw = mmap.mmap(-1, size + HUGE, mmap.MAP_PRIVATE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(raw))
-    addr = (base + HUGE - 1) & ~(HUGE - 1)               # 2 MiB aligned
-    if thp:
-        libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), MADV_HUGEPAGE)
-    off = addr - base
-    for i in range(0, size, 4096):
-        raw[off + i] = 1 + (i >> 12) % 251
-    os.write(resp, struct.pack("<Q", addr))
-    while True:
-        cmd = os.read(req, 1)
-        if cmd != b"f":
-            os._exit(0)
-        t = time.perf_counter_ns()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        dt = time.perf_counter_ns() - t
-        os.waitpid(pid, 0)
-        os.write(resp, struct.pack("<Q", dt))
+SEED = 1
 
 
 def anon_huge_kb(pid):
@@ -57,25 +35,31 @@ def anon_huge_kb(pid):
 
 
 def run(size, thp, repeat):
-    req_r, req_w = os.pipe()
-    resp_r, resp_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        child(size, thp, req_r, resp_w)
-    addr = struct.unpack("<Q", os.read(resp_r, 8))[0]
+    src = child.Source([{"name": "region", "kind": "anon", "size": size, "seed": SEED,
+                         "thp": thp}])
+    try:
+        huge = anon_huge_kb(src.pid)
+        return measure(src, src.addr["region"], size, repeat), huge
+    finally:
+        src.close()
+
+
+def measure(src, addr, size, repeat):
+    pid = src.pid
     results = {"fork()": [], "sys_process_vm_mmap": [], "clone native": [],
                "clone copy (emulated)": []}
 
     def do_fork():
-        os.write(req_w, b"f")
-        return struct.unpack("<Q", os.read(resp_r, 8))[0] / 1e6
+        return src.fork()["fork_ns"] / 1e6
 
     def do_clone(method):
         def f():
             t = time.perf_counter_ns()
             m = pvmmap.clone(pid, addr, size, method=method)
             dt = (time.perf_counter_ns() - t) / 1e6
-            assert m[4096] == 2 and m.method == ("native" if method == "native" else "copy")
+            # page 1 starts with (seed, 1): child.page_bytes()
+            assert m[child.PAGE:child.PAGE + 16] == struct.pack("<QQ", SEED, 1)
+            assert m.method == ("native" if method == "native" else "copy")
             m.close()
             return dt
         return f
@@ -90,13 +74,10 @@ def run(size, thp, repeat):
     configs = [("fork()", do_fork), ("sys_process_vm_mmap", do_raw),
                ("clone native", do_clone("native")),
                ("clone copy (emulated)", do_clone("copy"))]
-    huge = anon_huge_kb(pid)
     for rep in range(repeat):
         for name, f in configs[rep % 4:] + configs[:rep % 4]:
             results[name].append(f())
-    os.write(req_w, b"q")
-    os.waitpid(pid, 0)
-    return results, huge
+    return results
 
 
 def parse_size(s):

@@ -6,11 +6,12 @@ Run as `python tests/child.py SPEC_JSON`.  SPEC is a list of regions:
    "size": int,
    "fill": "pattern"|"none"|[page indexes], "prot": "rw"|"r"|"w"|"none",
    "seed": int, "path": str (file), "noreserve": bool,
+   "thp": bool (anon only: 2 MiB aligned, MADV_HUGEPAGE before the fill),
    "after": name (placed right after that region; a spec using "after" is
    laid out in order, each region right after the one before)}
 It prints one JSON line {name: address, ..., "pid": pid}, then serves JSON
 commands on stdin, one per line (write, read, prot, pkey, unmap, spin,
-uffd, close, exit), answering each.
+uffd, close, fork, exit), answering each.
 """
 import ctypes
 import json
@@ -19,6 +20,8 @@ import os
 import struct
 import subprocess
 import sys
+import time
+from array import array
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -28,6 +31,8 @@ libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 PAGE = mmap.PAGESIZE
 PROTS = {"rw": 3, "r": 1, "w": 2, "none": 0, "rx": 5}
 MAP_NORESERVE = 0x4000
+MADV_HUGEPAGE = 14
+HUGE = 2 << 20
 
 
 _RAMP = bytes(range(256)) * (2 * PAGE // 256)
@@ -45,6 +50,46 @@ def pattern(size, seed):
     for index in range(size // PAGE):
         out[index * PAGE:(index + 1) * PAGE] = page_bytes(seed, index)
     return bytes(out)
+
+
+def fill_pattern(addr, size, seed):
+    """Write pattern(size, seed) at addr, fast enough for GiBs: the ramp
+    repeats every 256 pages, so one such block is copied over and over,
+    then each page's index word is set in one strided assignment."""
+    npages = size // PAGE
+    block = pattern(min(npages, 256) * PAGE, seed)
+    for off in range(0, size, len(block)):
+        ctypes.memmove(addr + off, block, min(len(block), size - off))
+    with memoryview((ctypes.c_char * size).from_address(addr)) as raw:
+        with raw.cast("B").cast("Q") as words:
+            words[1::PAGE // 8] = array("Q", range(npages))
+
+
+def map_thp(size, flags):
+    """An anonymous mapping of `size` at a 2 MiB boundary (so that THP can
+    back all of it), with MADV_HUGEPAGE; returns its address."""
+    raw = libc.mmap(None, size + HUGE, 3, flags, -1, 0)
+    if raw in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    addr = (raw + HUGE - 1) & ~(HUGE - 1)
+    for start, end in ((raw, addr), (addr + size, raw + size + HUGE)):
+        if end > start:
+            libc.munmap(ctypes.c_void_p(start), ctypes.c_size_t(end - start))
+    if libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), MADV_HUGEPAGE):
+        raise OSError(ctypes.get_errno(), "madvise(MADV_HUGEPAGE)")
+    return addr
+
+
+def time_fork():
+    """Time os.fork() of this process (the page-table copy), then the
+    child's exit and the wait for it, in ns."""
+    t0 = time.perf_counter_ns()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    t1 = time.perf_counter_ns()
+    os.waitpid(pid, 0)
+    return {"fork_ns": t1 - t0, "exit_wait_ns": time.perf_counter_ns() - t1}
 
 
 def start_spinner(first, last):
@@ -117,15 +162,19 @@ def main():
             want = arena + sum(sizes.values())
             if "after" in r:
                 assert want == addrs[r["after"]] + sizes[r["after"]]
-        addr = libc.mmap(want, size, 3, flags, fd, r.get("offset", 0))
+        if r.get("thp"):
+            assert kind == "anon" and not arena, "thp: anon regions, no 'after'"
+            addr = map_thp(size, flags)
+        else:
+            addr = libc.mmap(want, size, 3, flags, fd, r.get("offset", 0))
         if addr in (None, ctypes.c_void_p(-1).value):
             raise OSError(ctypes.get_errno(), "mmap")
         if fd >= 0 and kind != "memfd":
             os.close(fd)
         fill = r.get("fill", "pattern")
-        pages = range(size // PAGE) if fill == "pattern" else (
-            [] if fill == "none" else fill)
-        for index in pages:
+        if fill == "pattern":
+            fill_pattern(addr, size, r.get("seed", 1))
+        for index in [] if fill in ("pattern", "none") else fill:
             ctypes.memmove(addr + index * PAGE, page_bytes(r.get("seed", 1), index), PAGE)
         if r.get("prot", "rw") != "rw":
             libc.mprotect(addr, size, PROTS[r["prot"]])
@@ -169,6 +218,8 @@ def main():
         elif op == "prot":
             rc = libc.mprotect(cmd["addr"], cmd["n"], PROTS[cmd["prot"]])
             print(json.dumps({"ok": rc == 0}), flush=True)
+        elif op == "fork":
+            print(json.dumps(time_fork()), flush=True)
     for obj in keep:
         if not isinstance(obj, int):
             obj.close()
@@ -227,6 +278,14 @@ class Source:
 
     def mprotect(self, addr, n, prot):
         assert self._ask(op="prot", addr=addr, n=n, prot=prot)["ok"]
+
+    def fork(self):
+        """Times a fork() of the source: {"fork_ns", "exit_wait_ns"}."""
+        return self._ask(op="fork")
+
+    def region(self, name):
+        """The spec of region `name` with its "addr" in the source."""
+        return dict(self.spec[name], addr=self.addr[name])
 
     def expected(self, name):
         r = self.spec[name]
