@@ -56,8 +56,11 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import (Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping,
-                    NamedTuple, Optional, Sequence, Tuple)
+from typing import (Any, BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    NamedTuple, Optional, Sequence, Tuple, Union)
+
+#: What the decoders read from: any bytes-like object.
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 __all__ = [
     "ImageError", "PAGE_SIZE", "Vma", "Mm", "PageRun", "Pagemap", "Dump",
@@ -210,7 +213,7 @@ KINDS: Dict[str, _Kind] = {
 # -- decoding -------------------------------------------------------------------
 
 
-def _varint(buf, pos: int, end: int, what: str) -> Tuple[int, int]:
+def _varint(buf: Buffer, pos: int, end: int, what: str) -> Tuple[int, int]:
     """Return (value, position after it); ImageError if it runs past end."""
     value = shift = 0
     start = pos
@@ -227,10 +230,11 @@ def _varint(buf, pos: int, end: int, what: str) -> Tuple[int, int]:
             raise ImageError(f"{what}: varint at offset {start} is longer than 10 bytes")
 
 
-def _decode_message(msg: _Message, buf, pos: int, end: int, what: str) -> Dict[str, Any]:
+def _decode_message(msg: _Message, buf: Buffer, pos: int, end: int, what: str) -> Dict[str, Any]:
     """Decode buf[pos:end] as one msg; unknown fields are skipped."""
     out: Dict[str, Any] = {}
     by_number = msg.by_number
+    value: Any
     while pos < end:
         b = buf[pos]
         if b < 0x80:
@@ -307,7 +311,7 @@ def _decode_message(msg: _Message, buf, pos: int, end: int, what: str) -> Dict[s
     return out
 
 
-def _scalar(kind: str, v: int):
+def _scalar(kind: str, v: int) -> Any:
     if kind == "u":
         return v
     if kind == "b":
@@ -317,13 +321,13 @@ def _scalar(kind: str, v: int):
     return v - (1 << 64) if v >= 1 << 63 else v          # "i"
 
 
-def _wire_error(what: str, msg: _Message, f, wire: int) -> ImageError:
+def _wire_error(what: str, msg: _Message, f: Tuple[Any, ...], wire: int) -> ImageError:
     kind = f[2].name if isinstance(f[2], _Message) else f[2]
     return ImageError(f"{what}: {msg.name}.{f[1]} (field {f[0]}, {kind}) arrives with "
                       f"wire type {wire}: not the type CRIU's schema gives it")
 
 
-def _frame_entries(data, kind: _Kind, what: str) -> Iterator[Tuple[int, int, int]]:
+def _frame_entries(data: Buffer, kind: _Kind, what: str) -> Iterator[Tuple[int, int, int]]:
     """Check the magics and yield (index, start, end) of each entry's message."""
     size = len(data)
     pos = 0
@@ -361,14 +365,14 @@ _PAGEMAP_TAGS = {0x08: "vaddr", 0x10: "compat_nr_pages", 0x18: "in_parent",
                  0x20: "flags", 0x28: "nr_pages"}
 
 
-def _pagemap_entries(data, what: str) -> Tuple[Dict[str, Any], List[Tuple[int, int, int]]]:
+def _pagemap_entries(data: Buffer, what: str) -> Tuple[Dict[str, Any], List[Tuple[int, int, int]]]:
     """A pagemap image's head and its entries as (vaddr, nr_pages, flags),
     normalized as CRIU does (field 5 else field 2; in_parent sets PE_PARENT;
     no flags means PE_PRESENT).  The same checks as decode_image; a fast loop
     for entries made only of fields 1-5, the generic decoder for the rest."""
     k = KINDS["pagemap"]
     head = None
-    out = []
+    out: List[Tuple[int, int, int]] = []
     append = out.append
     for index, pos, end in _frame_entries(data, k, what):
         if index == 0:
@@ -411,7 +415,7 @@ def _pagemap_entries(data, what: str) -> Tuple[Dict[str, Any], List[Tuple[int, i
     return head, out
 
 
-def decode_image(data, kind: str, what: str = "image") -> List[Dict[str, Any]]:
+def decode_image(data: Buffer, kind: str, what: str = "image") -> List[Dict[str, Any]]:
     """Decode a whole image (bytes-like) of one of KINDS into a list of dicts.
 
     Field names are CRIU's; an optional field that is absent is absent from
@@ -596,7 +600,7 @@ class Pagemap:
     runs: Tuple[PageRun, ...]
     _starts: List[int] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(self.runs))
         object.__setattr__(self, "_starts", [r.vaddr for r in self.runs])
 
@@ -656,7 +660,7 @@ class Dump:
 
     def read(self, run: PageRun) -> bytes:
         """The bytes of one run (ImageError if they are not in this dump)."""
-        if run.path is None:
+        if run.path is None or run.offset is None:
             raise ImageError(f"{self.directory}: pages at {run.vaddr:#x} are not in this "
                              f"dump (flags {run.flags:#x}: parent snapshot or lazy)")
         size = run.nr_pages * PAGE_SIZE
@@ -671,20 +675,27 @@ class Dump:
 # -- reading --------------------------------------------------------------------------
 
 
-def _read_file(path: str, required: bool = True) -> Optional[bytes]:
+def _read_optional(path: str) -> Optional[bytes]:
+    """The file's bytes, or None if it does not exist."""
     try:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        if required:
-            raise ImageError(f"{path}: missing") from None
         return None
+
+
+def _read_file(path: str) -> bytes:
+    """The file's bytes; ImageError if it does not exist."""
+    data = _read_optional(path)
+    if data is None:
+        raise ImageError(f"{path}: missing")
+    return data
 
 
 def _page_runs(entries: Sequence[Tuple[int, int, int]], pages_path: str,
                what: str) -> List[PageRun]:
     """PageRuns of normalized pagemap entries, with their offsets in the pages file."""
-    runs = []
+    runs: List[PageRun] = []
     append = runs.append
     offset = 0
     for i, (vaddr, nr, flags) in enumerate(entries):
@@ -752,10 +763,11 @@ def _read_pagemap(directory: str, name: str, ranges: Iterable[Tuple[int, int]]) 
     if have != need:
         raise ImageError(f"{pages_path}: {have} bytes, but {path} describes {need} bytes "
                          f"({'too short' if have < need else 'extra bytes'})")
-    return Pagemap(path, pages_id, pages_path, runs)
+    return Pagemap(path, pages_id, pages_path, tuple(runs))
 
 
-def _shmid_of(vma: Vma, files, memfd_inodes, directory: str) -> Optional[int]:
+def _shmid_of(vma: Vma, files: Dict[int, Dict[str, Any]],
+              memfd_inodes: Dict[int, Dict[str, Any]], directory: str) -> Optional[int]:
     if not vma.is_shmem:
         return None
     if not vma.status & VMA_AREA_MEMFD:
@@ -772,7 +784,8 @@ def _shmid_of(vma: Vma, files, memfd_inodes, directory: str) -> Optional[int]:
     if inode is None:
         raise ImageError(f"{where}: memfd inode {f['memfd']['inode_id']} (files.img id "
                          f"{vma.shmid}) is not in memfd.img")
-    return inode["shmid"]
+    shmid: int = inode["shmid"]
+    return shmid
 
 
 _MM_NAME = re.compile(r"mm-(\d+)\.img\Z")
@@ -789,9 +802,12 @@ def read_dump(directory: str, pid: Optional[int] = None) -> Dump:
     malformed or inconsistent.
     """
     directory = os.fspath(directory)
-    j = lambda name: os.path.join(directory, name)      # noqa: E731
+
+    def j(name: str) -> str:
+        return os.path.join(directory, name)
+
     inventory = None
-    data = _read_file(j("inventory.img"), required=False)
+    data = _read_optional(j("inventory.img"))
     if data is not None:
         entries = decode_image(data, "inventory", j("inventory.img"))
         if len(entries) != 1:
@@ -801,7 +817,7 @@ def read_dump(directory: str, pid: Optional[int] = None) -> Dump:
             raise ImageError(f"{j('inventory.img')}: img_version {inventory['img_version']}, "
                              f"expected {IMG_VERSION}")
     pstree: List[Dict[str, Any]] = []
-    data = _read_file(j("pstree.img"), required=False)
+    data = _read_optional(j("pstree.img"))
     if data is not None:
         pstree = decode_image(data, "pstree", j("pstree.img"))
         if not pstree:
@@ -974,7 +990,8 @@ def write_dump(directory: str, pid: int, mm: Mm, pages: Iterable[Tuple[int, Any]
             f.write(data)
         written.append(path)
 
-    def put_pagemap(name: str, pages_id: int, runs, within) -> None:
+    def put_pagemap(name: str, pages_id: int, runs: Iterable[Tuple[int, Any]],
+                    within: Optional[Sequence[Tuple[int, int]]]) -> None:
         pm = os.path.join(directory, name)
         pg = os.path.join(directory, f"pages-{pages_id}.img")
         with open(pm, "wb") as pmf, open(pg, "wb") as pgf:
@@ -990,8 +1007,9 @@ def write_dump(directory: str, pid: int, mm: Mm, pages: Iterable[Tuple[int, Any]
         put("memfd.img", encode_image("memfd", memfd_inodes))
     put(f"mm-{pid}.img", encode_mm(mm))
     pages_id = first_pages_id
-    for shmid in sorted(shmem or {}):
-        put_pagemap(f"pagemap-shmem-{shmid}.img", pages_id, shmem[shmid], None)
+    shmem_runs = shmem or {}
+    for shmid in sorted(shmem_runs):
+        put_pagemap(f"pagemap-shmem-{shmid}.img", pages_id, shmem_runs[shmid], None)
         pages_id += 1
     put_pagemap(f"pagemap-{pid}.img", pages_id, pages,
                 [(v.start, v.end) for v in mm.vmas if v.is_private])
