@@ -73,9 +73,21 @@ def test_close_is_idempotent_and_checked(m):
     m.close()
     assert m.closed and "closed" in repr(m)
     for op in (lambda: m[0], lambda: m.tobytes(), lambda: memoryview(m),
-               lambda: m.address, lambda: m.detach()):
+               lambda: m.address, lambda: m.detach(), lambda: len(m),
+               lambda: m.populate(), lambda: m.mprotect(mmap.PROT_READ),
+               lambda: m[0:1], lambda: m.__enter__()):
         with pytest.raises(ValueError, match="closed"):
             op()
+
+
+@pytest.mark.parametrize("name", ["address", "length", "pid", "source_address",
+                                  "method", "kind", "prot", "parts", "stats", "lost"])
+def test_every_attribute_but_closed_raises_after_close(m, name):
+    getattr(m, name)                    # answers while open
+    m.close()
+    with pytest.raises(ValueError, match="closed"):
+        getattr(m, name)
+    assert m.closed is True
 
 
 def test_close_refuses_while_exported(m):
@@ -108,13 +120,37 @@ def test_context_manager(src):
     assert m.closed
 
 
-def test_detach_keeps_the_memory(src):
+def test_detach_keeps_the_memory_and_munmap_takes_what_it_returns(src):
     m = pvmmap.clone(src.pid, src.addr["r"] + 100, PAGE)
+    length = m.length
     addr = m.detach()
     assert m.closed and addr % PAGE == 100
     import ctypes
     assert ctypes.string_at(addr, 16) == page_bytes(3, 0)[100:116]
-    pvmmap.munmap(addr - 100, PAGE + 100)
+    pvmmap.munmap(addr, length)         # unaligned: rounded out to both pages
+    with open("/proc/self/maps") as f:
+        spans = [[int(x, 16) for x in line.split()[0].split("-")] for line in f]
+    base = addr - 100
+    assert not any(s < base + 2 * PAGE and e > base for s, e in spans)
+
+
+def test_indexing_reads_without_views(m):
+    """m[i] and m[a:b] read the memory directly: no buffer export is left
+    or needed, so close() works right after."""
+    assert m[3] == page_bytes(3, 0)[3]
+    assert m[-PAGE] == page_bytes(3, 15)[0]
+    assert m[PAGE:PAGE + 8] == page_bytes(3, 1)[:8]
+    assert m[5:2] == b""
+    m.close()
+
+
+def test_stats_have_one_key_per_fact(src, clones):
+    m = clones(src.pid, src.addr["r"], 16 * PAGE, method="copy")
+    assert set(m.stats) <= {"bytes_readv", "bytes_mem", "calls", "threads",
+                            "lost_pages", "scan", "frozen_threads"}
+    assert m.stats["bytes_readv"] + m.stats["bytes_mem"] == 16 * PAGE
+    assert m.lost == m.stats["lost_pages"] == 0
+    assert m.stats["scan"] in ("PAGEMAP_SCAN", "pagemap")
 
 
 def test_unclosed_mapping_warns_and_is_unmapped(src):

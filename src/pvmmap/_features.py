@@ -109,7 +109,7 @@ def features(refresh: bool = False) -> Features:
                  "is then reached by path or the source's fd, if at all)")
     scan = _native.pagemap_scan_works()
     scan_reason = ("PAGEMAP_SCAN ioctl answers" if scan else
-                   "no PAGEMAP_SCAN (Linux < 6.7): /proc/PID/pagemap is read instead")
+                   "no PAGEMAP_SCAN (Linux < 6.7): the source's pagemap file is read instead")
     if REQUESTED == "auto":
         backend = "native" if native else "emulated"
     else:
