@@ -204,15 +204,14 @@ def parts_of(pieces: Sequence[Piece], start: int) -> List[Part]:
 def explain(piece: Piece, method: str) -> str:
     """Why `piece` gets its method, in words (pvmmap check)."""
     if piece.method == "share":
-        return f"the same object mapped shared, {piece.route}"
+        return f"mapped shared, {piece.route}"
     if piece.method == "file":
-        return (f"the same file mapped private, {piece.route}, with the pages "
-                "the source modified copied over it")
+        return f"the file mapped private, {piece.route}; modified pages copied"
     if method == "copy":
-        return "method='copy': a private snapshot of the pages it has"
+        return "method='copy': a snapshot of the pages it has"
     if piece.route:
-        return f"a private snapshot of its pages ({piece.route})"
-    return "a private snapshot of the pages it has"
+        return f"a snapshot of the pages it has ({piece.route})"
+    return "a snapshot of the pages it has"
 
 
 def survey(pid: int, start: int, end: int, method: str, allow_copy: bool
