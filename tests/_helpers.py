@@ -130,3 +130,39 @@ def handed_off_uffd(s, addr, n):
         yield ours
     finally:
         os.close(ours)
+
+
+def kernel_thread():
+    """The pid of a kernel thread we can see (kthreadd is 2), or skip."""
+    for name in sorted(os.listdir("/proc"), key=lambda n: (len(n), n)):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                line = f.read()
+        except OSError:
+            continue
+        if int(line[line.rfind(b")") + 2:].split()[6]) & 0x00200000:   # PF_KTHREAD
+            return int(name)
+    pytest.skip("no kernel thread is visible in this pid namespace")
+
+
+@contextlib.contextmanager
+def zombie():
+    """Yields the pid of a child that has exited and is not yet reaped."""
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with open(f"/proc/{proc.pid}/stat", "rb") as f:
+                line = f.read()
+            if line[line.rfind(b")") + 2:].split()[0] == b"Z":
+                break
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        yield proc.pid
+    finally:
+        proc.wait()

@@ -3,10 +3,13 @@ to the backend in force (_kernel for the native call, _emulate otherwise)."""
 
 from __future__ import annotations
 
-from typing import List
+import errno
+import os
+from typing import List, Optional, Tuple
 
 from pvmmap import _contract, _emulate, _kernel, _maps, _native
-from pvmmap._errors import METHODS
+from pvmmap._contract import ClonePlan, Part, Piece, Verdict
+from pvmmap._errors import METHODS, os_error
 from pvmmap._features import active_backend
 from pvmmap._native import Mapping
 
@@ -29,24 +32,114 @@ def clone(pid: int, addr: int, length: int, *, dest: int = 0, fixed: bool = Fals
     A private clone is a snapshot taken now; a shared clone stays shared.
     Raises OSError with the errno process_vm_mmap() would give.
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
-    if method == "lazy":
-        raise NotImplementedError(
-            "method='lazy' (pages fetched on first touch) is not available in "
-            "this version of pvmmap; use method='auto' or 'copy'")
     flags = 0
     if noreplace:
         flags = _native.FIXED_NOREPLACE
     elif fixed:
         flags = _native.FIXED
-    if method == "native" or (method == "auto" and active_backend() == "native"):
+    if _backend_for(method) == "native":
         base, total, parts, stats = _kernel.clone(pid, addr, length, dest, flags)
     else:
         base, total, parts, stats = _emulate.clone(
             pid, addr, length, dest, flags, single=False, method=method,
             freeze=freeze, allow_copy=allow_copy)
     return _contract.to_mapping(pid, addr, length, base, total, parts, stats)
+
+
+def _backend_for(method: str) -> str:
+    """The backend a clone with `method` runs on; ValueError for a method
+    that is not one."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+    if method == "lazy":
+        raise NotImplementedError(
+            "method='lazy' (pages fetched on first touch) is not available in "
+            "this version of pvmmap; use method='auto' or 'copy'")
+    if method == "native" or (method == "auto" and active_backend() == "native"):
+        return "native"
+    return "emulated"
+
+
+def plan_clone(pid: int, addr: int, length: int, *, method: str = "auto",
+               freeze: bool = False, allow_copy: bool = False) -> ClonePlan:
+    """What clone(pid, addr, length, method=..., freeze=..., allow_copy=...)
+    would do, found by the checks and the planning clone() itself runs, with
+    nothing mapped and every fd it opened closed again.
+
+    Raises what clone() raises before it looks at the source's VMAs (bad
+    arguments, no such process, no permission, ENOSYS for a native call the
+    kernel lacks).  Otherwise the plan's `error` is the exception clone()
+    would raise (None: it would succeed) and its `parts` the verdict on each
+    source VMA and hole of the range: the Part clone() would make and why,
+    or the error that VMA alone is refused with.  freeze=True is checked as
+    clone() checks it (not on yourself), but no thread is stopped: whether
+    the source can be stopped (another tracer) shows only when it is."""
+    backend = _backend_for(method)
+    err: Optional[OSError] = None
+    pieces: List[Piece] = []
+    if backend == "native":
+        start, end = _contract.check_args(pid, addr, length, 0)
+        _kernel.syscall_nr(pid, addr, length)
+        os.close(_contract.check_process(pid, start, end - start))
+        try:
+            pieces = _contract.plan(pid, start, end, False, _kernel._nothing_copied)
+            for p in pieces:
+                p.method = "native"
+        except OSError as e:
+            if e.errno == errno.ESRCH:      # the process, not the range
+                raise
+            err = e
+    else:
+        start, end, mem_fd = _emulate.admit(pid, addr, length, 0, 0, freeze)
+        os.close(mem_fd)
+        try:
+            pieces = _emulate.choose(pid, start, end, False, method, allow_copy)
+            _emulate.close_fds(pieces)
+        except OSError as e:
+            if e.errno == errno.ESRCH:      # the process, not the range
+                raise
+            err = e
+    if err is None:
+        verdicts = [_verdict(p, None, start, method) for p in pieces]
+    else:
+        verdicts = _survey(pid, start, end, backend, method, allow_copy)
+    return ClonePlan(pid, addr, length, start, end, backend, tuple(verdicts), err)
+
+
+def _verdict(p: Piece, err: Optional[OSError], start: int, method: str) -> Verdict:
+    part = Part(p.start - start, p.length, p.start, p.region.kind, p.region.prot,
+                "" if err else p.method)
+    if err:
+        reason = f"refused: {err.strerror}"
+    elif p.method == "native":
+        reason = "the kernel's process_vm_mmap() copies its page tables"
+    else:
+        reason = _emulate.explain(p, method)
+    return Verdict(part, p.region.perms, p.region.path, reason, err)
+
+
+def _survey(pid: int, start: int, end: int, backend: str, method: str,
+            allow_copy: bool) -> List[Verdict]:
+    """The verdict VMA by VMA, for a range clone() refuses as a whole."""
+    found: List[Tuple[Piece, Optional[OSError]]]
+    if backend == "native":
+        pieces, holes = _contract.survey(pid, start, end, _kernel._nothing_copied)
+        found = []
+        for p in pieces:
+            why = _contract.refusal(p.region, pid)
+            p.method = "native"
+            found.append((p, _contract.refused(pid, p.region, why, start, end)
+                          if why else None))
+    else:
+        found, holes = _emulate.survey(pid, start, end, method, allow_copy)
+    verdicts = [_verdict(p, e, start, method) for p, e in found]
+    for lo, hi in holes:
+        err = os_error(errno.EFAULT, f"nothing is mapped at {lo:#x}-{hi:#x}", pid,
+                       start, end - start, "maps")
+        verdicts.append(Verdict(Part(lo - start, hi - lo, lo, "hole", 0, ""), "", "",
+                                "a hole: nothing is mapped there", err))
+    verdicts.sort(key=lambda v: v.part.source)
+    return verdicts
 
 
 def process_vm_mmap(pid: int, src_addr: int, length: int, dst_addr: int = 0,
@@ -76,6 +169,16 @@ def munmap(addr: int, length: int) -> None:
 
 
 def maps(pid: int) -> List[_maps.Region]:
-    """The regions of process `pid` (/proc/PID/maps with smaps' VmFlags),
-    each with its kind (pvmmap.KINDS)."""
-    return _maps.read_smaps(pid)
+    """The regions of process `pid` (/proc/PID/smaps: VmFlags and Rss),
+    each with its kind (pvmmap.KINDS).  The process is checked as clone()
+    checks it: EINVAL for pid <= 0 or a kernel thread, ESRCH for no such
+    process or a zombie.  Reading needs only what /proc asks
+    (PTRACE_MODE_READ), less than clone(): _api.plan_clone tells whether
+    a clone is permitted."""
+    _contract.check_pid(pid)
+    _contract.check_alive(pid)
+    regions = _maps.read_smaps(pid)
+    if not regions:
+        _contract.check_alive(pid)          # it became a zombie meanwhile
+        raise os_error(errno.ESRCH, "the source has no memory (exiting)", pid)
+    return regions

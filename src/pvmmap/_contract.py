@@ -39,6 +39,36 @@ class Part:
     method: str         # native, copy, share or file
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One source VMA (or hole) of a planned clone: the Part clone() would
+    make of it, or the error clone() raises for it."""
+    part: Part          # kind "hole" for a hole; method "" where refused
+    perms: str          # the source VMA's perms ("" for a hole)
+    path: str           # its path in /proc/PID/maps
+    reason: str         # why that method, or why it is refused
+    error: Optional[OSError] = None
+
+
+@dataclass(frozen=True)
+class ClonePlan:
+    """What clone(pid, address, length, ...) would do (pvmmap._api.plan_clone):
+    `error` is the exception it would raise (None: it would succeed) and
+    `parts` the verdict on each source VMA and hole of the range."""
+    pid: int
+    address: int
+    length: int
+    start: int          # the page-rounded range
+    end: int
+    backend: str        # "native" or "emulated"
+    parts: Tuple[Verdict, ...]
+    error: Optional[OSError]
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 # ---- the EINVAL, ESRCH and EPERM checks ------------------------------------
 
 def check_args(pid: int, src: int, length: int, flags: int) -> Tuple[int, int]:
@@ -64,9 +94,19 @@ def check_args(pid: int, src: int, length: int, flags: int) -> Tuple[int, int]:
     return start, end
 
 
-def check_process(pid: int, start: int, length: int) -> int:
-    """ESRCH / EINVAL (kernel thread) / EPERM, in that order.  Returns an open
-    /proc/PID/mem fd: opening it is the ptrace-attach permission check."""
+def check_pid(pid: int) -> None:
+    """The contract's EINVAL for a pid that cannot name a process (what
+    pvmmap.maps() checks before check_alive)."""
+    if not isinstance(pid, int):
+        raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise os_error(errno.EINVAL, "pid must be positive", pid)
+
+
+def check_alive(pid: int, start: Optional[int] = None,
+                length: Optional[int] = None) -> None:
+    """ESRCH (no such process, or a zombie) and EINVAL (a kernel thread), in
+    the kernel's order: the process checks that need no permission."""
     st = _maps.read_stat(pid)
     if st is None:
         raise os_error(errno.ESRCH, "looking up the source", pid, start, length)
@@ -77,6 +117,12 @@ def check_process(pid: int, start: int, length: int) -> int:
     if state in ("Z", "X"):
         raise os_error(errno.ESRCH, "the source has exited (zombie)", pid, start,
                        length)
+
+
+def check_process(pid: int, start: int, length: int) -> int:
+    """ESRCH / EINVAL (kernel thread) / EPERM, in that order.  Returns an open
+    /proc/PID/mem fd: opening it is the ptrace-attach permission check."""
+    check_alive(pid, start, length)
     try:
         return os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -113,6 +159,7 @@ class Piece:
     end: int
     method: str = ""            # chosen by the backend's strategy table
     fd: int = -1                # the file or shmem object, for share/file
+    route: str = ""             # how that object was reached, or why copied
 
     @property
     def length(self) -> int:
@@ -143,24 +190,56 @@ def cover(pid: int, regions: Sequence[Region], start: int, end: int,
           single: bool) -> List[Piece]:
     """Pieces of `regions` (sorted, overlapping [start, end)) that cover the
     range; EFAULT for a hole or, if `single`, a second VMA."""
-    pieces: List[Piece] = []
-    at = start
-    for r in regions:
-        if r.end <= at:
-            continue
-        if r.start > at:
-            break
-        pieces.append(Piece(r, at, min(end, r.end)))
-        at = min(end, r.end)
-        if at == end:
-            break
-    if at != end:
-        what = "range is not mapped" if not pieces else "range runs into a hole"
+    pieces, holes = cover_all(regions, start, end)
+    if holes:
+        what = ("range is not mapped" if holes[0][0] == start
+                else "range runs into a hole")
         raise os_error(errno.EFAULT, what, pid, start, end - start, "maps")
     if single and len(pieces) > 1:
         raise os_error(errno.EFAULT, "range spans more than one VMA", pid, start,
                        end - start, "one-vma")
     return pieces
+
+
+def cover_all(regions: Sequence[Region], start: int,
+              end: int) -> Tuple[List[Piece], List[Tuple[int, int]]]:
+    """The pieces of `regions` inside [start, end) and the holes between
+    them, (start, end) each, in address order."""
+    pieces: List[Piece] = []
+    holes: List[Tuple[int, int]] = []
+    at = start
+    for r in regions:
+        if r.end <= at:
+            continue
+        if r.start >= end:
+            break
+        if r.start > at:
+            holes.append((at, r.start))
+            at = r.start
+        pieces.append(Piece(r, at, min(end, r.end)))
+        at = min(end, r.end)
+        if at == end:
+            break
+    if at != end:
+        holes.append((at, end))
+    return pieces, holes
+
+
+def survey(pid: int, start: int, end: int,
+           copied: Callable[[Region], bool]) -> Tuple[List[Piece],
+                                                      List[Tuple[int, int]]]:
+    """What plan() looks at, without raising for holes or refusals: the
+    pieces of [start, end) (read with VmFlags when need_flags says so, as
+    plan() reads them) and the holes between them.  The caller applies
+    refusal() to each piece."""
+    regions = _maps.read_maps(pid, start, end)
+    if not regions and not _maps.has_memory(pid):
+        raise os_error(errno.ESRCH, "the source has no memory (exiting)", pid,
+                       start, end - start)
+    pieces, holes = cover_all(regions, start, end)
+    if need_flags(pid, pieces, copied):
+        pieces, holes = cover_all(_maps.read_smaps(pid, start, end), start, end)
+    return pieces, holes
 
 
 def need_flags(pid: int, pieces: Sequence[Piece],

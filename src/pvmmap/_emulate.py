@@ -44,18 +44,17 @@ def _same_file(st: os.stat_result, region: Region) -> bool:
     return st.st_ino == region.inode and (dev == region.dev or region.dev == "00:00")
 
 
-def open_object(pid: int, region: Region, writable: bool) -> Tuple[int, Optional[str]]:
+def open_object(pid: int, region: Region, writable: bool) -> Tuple[int, str]:
     """An fd for the file or shmem object behind `region`, opened the most
     faithful way permitted: /proc/PID/map_files, then the path if it still
     names the same inode, then an fd the source holds open (its memfd).
-    Returns (fd, None) or (-1, why)."""
+    Returns (fd, how it was reached) or (-1, why not)."""
     flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
-    why = None
     try:
         return os.open(f"/proc/{pid}/map_files/{region.start:x}-{region.end:x}",
-                       flags), None
+                       flags), f"through /proc/{pid}/map_files"
     except PermissionError:
-        why = "map_files refused"
+        why = "map_files refused"   # the only way on to the other routes
     except FileNotFoundError:
         raise os_error(errno.ESRCH, "the source VMA vanished", pid, region.start,
                        region.size) from None
@@ -70,15 +69,18 @@ def open_object(pid: int, region: Region, writable: bool) -> Tuple[int, Optional
     candidates = []
     if not region.deleted and region.path.startswith("/"):
         candidates.append(region.path)
+    own = len(candidates)
     try:
         candidates += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
     except OSError:
         pass
-    for path in candidates:
+    for i, path in enumerate(candidates):
         try:
             if not _same_file(os.stat(path), region):
                 continue
-            return os.open(path, flags), None
+            how = ("by its path" if i < own else
+                   f"through the source's fd {path.rsplit('/', 1)[1]}")
+            return os.open(path, flags), f"{how} ({why})"
         except OSError:
             continue
     return -1, why
@@ -95,7 +97,8 @@ def resolve(pid: int, pieces: List[Piece], method: str,
             if p.method == "copy":
                 continue
             writable = p.method == "share" and "w" in p.region.perms
-            p.fd, why = open_object(pid, p.region, writable)
+            p.fd, p.route = open_object(pid, p.region, writable)
+            why = p.route
             if p.fd >= 0:
                 _contract.refuse(pid, p.region, p.start, p.end, os.fstat(p.fd))
                 continue
@@ -104,6 +107,7 @@ def resolve(pid: int, pieces: List[Piece], method: str,
                                f"behind {p.region.path or 'the VMA'} ({why})",
                                pid, p.start, p.length, "map_files")
             p.method = "copy"
+            p.route = f"allow_copy, since {why}"
         # Shared pieces copied after all: as strictly checked as any copy,
         # with one reading of smaps for all of them.
         unchecked = [p for p in pieces if p.method == "copy" and p.region.flags is None]
@@ -165,11 +169,11 @@ def _copier(method: str) -> Callable[[Region], bool]:
     return lambda region: STRATEGY.get(region.kind) != "share"
 
 
-def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
-          single: bool, method: str = "auto", freeze: bool = False,
-          allow_copy: bool = False) -> Tuple[int, int, List[Part], Dict[str, object]]:
-    """Clone [src, src+length) of pid.  Returns (base, total, parts, stats)
-    with base the page-aligned destination of the page-rounded range."""
+def admit(pid: int, src: int, length: int, dst: int, flags: int,
+          freeze: bool) -> Tuple[int, int, int]:
+    """The checks clone() makes before it looks at the source's VMAs: the
+    arguments, then the process.  Returns (start, end, mem_fd): the
+    page-rounded range and /proc/PID/mem, open, for the caller to close."""
     start, end = _contract.check_args(pid, src, length, flags)
     if freeze and pid == os.getpid():
         raise os_error(errno.EINVAL, "freeze=True cannot stop the calling "
@@ -180,12 +184,69 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
         # replaces nothing: it says EEXIST, as the kernel port does).
         raise os_error(errno.EINVAL, "a FIXED destination overlaps the source "
                        "range in the same process", pid, src, length, "overlap")
-    mem_fd = _contract.check_process(pid, start, end - start)
+    return start, end, _contract.check_process(pid, start, end - start)
+
+
+def choose(pid: int, start: int, end: int, single: bool, method: str,
+           allow_copy: bool) -> List[Piece]:
+    """The pieces of [start, end) with their methods and open objects (the
+    caller closes them: close_fds), or the contract's error."""
+    return resolve(pid, _contract.plan(pid, start, end, single, _copier(method)),
+                   method, allow_copy)
+
+
+def parts_of(pieces: Sequence[Piece], start: int) -> List[Part]:
+    """The Parts a Mapping of [start, ...) made of `pieces` lists."""
+    return [Part(p.start - start, p.length, p.start, p.region.kind, p.region.prot,
+                 p.method) for p in pieces]
+
+
+def explain(piece: Piece, method: str) -> str:
+    """Why `piece` gets its method, in words (pvmmap check)."""
+    if piece.method == "share":
+        return f"mapped shared, {piece.route}"
+    if piece.method == "file":
+        return f"the file mapped private, {piece.route}; modified pages copied"
+    if method == "copy":
+        return "method='copy': a snapshot of the pages it has"
+    if piece.route:
+        return f"a snapshot of the pages it has ({piece.route})"
+    return "a snapshot of the pages it has"
+
+
+def survey(pid: int, start: int, end: int, method: str, allow_copy: bool
+           ) -> Tuple[List[Tuple[Piece, Optional[OSError]]], List[Tuple[int, int]]]:
+    """choose() VMA by VMA, without stopping at the first error: each piece
+    of [start, end) with its method (or the error clone() would raise for
+    it), and the holes.  Opens nothing that it does not close."""
+    pieces, holes = _contract.survey(pid, start, end, _copier(method))
+    out: List[Tuple[Piece, Optional[OSError]]] = []
+    for p in pieces:
+        why = _contract.refusal(p.region, pid)
+        if why:
+            out.append((p, _contract.refused(pid, p.region, why, start, end)))
+            continue
+        try:
+            resolve(pid, [p], method, allow_copy)
+        except OSError as e:
+            out.append((p, e))
+        else:
+            out.append((p, None))
+        finally:
+            close_fds([p])
+    return out, holes
+
+
+def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
+          single: bool, method: str = "auto", freeze: bool = False,
+          allow_copy: bool = False) -> Tuple[int, int, List[Part], Dict[str, object]]:
+    """Clone [src, src+length) of pid.  Returns (base, total, parts, stats)
+    with base the page-aligned destination of the page-rounded range."""
+    start, end, mem_fd = admit(pid, src, length, dst, flags, freeze)
     pagemap_fd = -1
     pieces: List[Piece] = []
     try:
-        pieces = resolve(pid, _contract.plan(pid, start, end, single,
-                                             _copier(method)), method, allow_copy)
+        pieces = choose(pid, start, end, single, method, allow_copy)
         if any(p.method != "share" for p in pieces):
             pagemap_fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         base = _contract.reserve(pid, end - start, dst, flags)
@@ -203,9 +264,7 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
         finally:
             if frozen is not None:
                 frozen.thaw()
-        parts = [Part(p.start - start, p.length, p.start, p.region.kind,
-                      p.region.prot, p.method) for p in pieces]
-        return base, end - start, parts, stats
+        return base, end - start, parts_of(pieces, start), stats
     finally:
         close_fds(pieces)
         os.close(mem_fd)
