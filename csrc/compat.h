@@ -8,6 +8,12 @@
 #include <linux/fs.h>
 #include <linux/types.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+
+/* mmap's MAP_FIXED_NOREPLACE: Linux 4.17, glibc 2.28 headers. */
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
 
 /* PAGEMAP_SCAN: ioctl on /proc/PID/pagemap, Linux 6.7 and later. */
 #ifndef PAGEMAP_SCAN
@@ -43,6 +49,12 @@ struct pm_scan_arg {
 #define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
 #endif
 
+/* userfaultfd(UFFD_USER_MODE_ONLY): Linux 5.11 and later. */
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+/* PTRACE_INTERRUPT's stop (glibc headers older than the kernel's). */
 #ifndef PTRACE_EVENT_STOP
 #define PTRACE_EVENT_STOP 128
 #endif

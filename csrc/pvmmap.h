@@ -50,7 +50,10 @@ int pvmmap_probe_native(long nr);
  * /dev/userfaultfd), 1 only with UFFD_USER_MODE_ONLY, 0 not at all. */
 int pvmmap_uffd_probe(void);
 
-/* ---- copy.c: finding pages and copying them ---- */
+/* The page size (sysconf, read once). */
+size_t pvmmap_page_size(void);
+
+/* ---- scan.c: finding the pages a process has ---- */
 
 struct pvmmap_range {
     uintptr_t start;
@@ -70,6 +73,8 @@ enum pvmmap_scan_mode {
  * pagemap file was read. */
 int pvmmap_scan(int pagemap_fd, uintptr_t start, uintptr_t end, int mode,
                 struct pvmmap_range **out, size_t *n_out, int *how);
+
+/* ---- copy.c: copying them ---- */
 
 struct pvmmap_copy_stats {
     uint64_t bytes_readv;   /* bytes that came through process_vm_readv */
@@ -112,11 +117,5 @@ int pvmmap_freeze(pid_t pid, struct pvmmap_freeze *fz);
 /* Detach every thread held by `fz` (they resume) and free its arrays.
  * Safe to call twice.  Returns 0, or -1 with errno of the first failure. */
 int pvmmap_thaw(struct pvmmap_freeze *fz);
-
-/* ---- bench.c: baselines for the benchmark harness ---- */
-
-/* The raw C loop a user would write: mmap fresh anonymous memory, then
- * process_vm_readv in `chunk` pieces into it, then munmap. */
-int pvmmap_bench_readv_fresh(pid_t pid, uintptr_t addr, size_t len, size_t chunk);
 
 #endif /* PVMMAP_H */

@@ -16,7 +16,17 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "pvmmap.h"
+
+/* Returns sysconf(_SC_PAGESIZE), read once. */
+size_t pvmmap_page_size(void)
+{
+    static size_t ps;
+    if (!ps)
+        ps = (size_t)sysconf(_SC_PAGESIZE);
+    return ps;
+}
 
 /* Returns the destination address, or -1 with errno. */
 long pvmmap_sys_process_vm_mmap(long nr, pid_t pid, uintptr_t src, size_t len,
@@ -87,10 +97,6 @@ no:
     errno = ENOSYS;
     return -1;
 }
-
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1
-#endif
 
 /* Returns 2 (full userfaultfd), 1 (user-mode-only faults) or 0 (none). */
 int pvmmap_uffd_probe(void)
