@@ -1100,7 +1100,19 @@ int pvmmap_lazy_fill(struct pvmmap_lazy *lz, size_t max_bytes, size_t *remaining
             taken += (size_t)got;
         lz->fill_cursor = p + n;
     }
+    if (atomic_load(&lz->gone))
+        poison_all(lz);         /* whatever nobody has claimed, this thread */
     size_t settled = atomic_load(&lz->pages_done) + atomic_load(&lz->pages_lost);
+    if (scanned > words || atomic_load(&lz->gone)) {
+        /* Everything is claimed: wait for the server's run in flight (one
+         * readahead window, well under a millisecond), so that remaining 0
+         * means installed and a lost page is already poisoned. */
+        struct timespec pause = {0, 50000};
+        for (int i = 0; i < 20000 && settled < lz->pages; i++) {
+            nanosleep(&pause, NULL);
+            settled = atomic_load(&lz->pages_done) + atomic_load(&lz->pages_lost);
+        }
+    }
     if (remaining)
         *remaining = (lz->pages - (settled < lz->pages ? settled : lz->pages)) * lz->ps;
     if (!err && atomic_load(&lz->pages_lost))
