@@ -124,13 +124,13 @@ static double touch_seq(const char *dst, size_t len)
     return now() - t;
 }
 
-static double lazy_seq(size_t ra, long spin)
+static double lazy_seq(size_t ra, long spin, int flags)
 {
     char *dst = fresh(size);
     pvmmap_lazy_set_spin(spin);
     double t0 = now();
     struct pvmmap_lazy *lz = pvmmap_lazy_start(src_pid, mem_fd, pagemap_fd, maps_fd,
-                                               (uintptr_t)src_base, dst, size, ra, 0);
+                                               (uintptr_t)src_base, dst, size, ra, flags);
     if (!lz)
         die("lazy_start");
     touch_seq(dst, size);
@@ -145,7 +145,7 @@ static double lazy_seq(size_t ra, long spin)
 /* Latencies (µs) of the touches that fault, every page touched once, in
  * order or in a random order. */
 static void lazy_latency(size_t len, size_t ra, long spin, int random,
-                         double *p50, double *p99)
+                         int flags, double *p50, double *p99)
 {
     size_t n = len / ps;
     size_t *order = malloc(n * sizeof(size_t));
@@ -165,7 +165,7 @@ static void lazy_latency(size_t len, size_t ra, long spin, int random,
     char *dst = fresh(len);
     pvmmap_lazy_set_spin(spin);
     struct pvmmap_lazy *lz = pvmmap_lazy_start(src_pid, mem_fd, pagemap_fd, maps_fd,
-                                               (uintptr_t)src_base, dst, len, ra, 0);
+                                               (uintptr_t)src_base, dst, len, ra, flags);
     if (!lz)
         die("lazy_start");
     /* Only touches that faulted count (the server's fault counter moved:
@@ -369,6 +369,53 @@ static double raw_eager(size_t stage, int threads)
     return t;
 }
 
+/* ---- what a chunk's classification costs (µs per call) ---- */
+
+static void lookup_costs(void)
+{
+    enum { N = 20000 };
+    struct page_region vec[64];
+    uint64_t e[16];
+    static char buf[1 << 16];
+    double t;
+    uintptr_t a = (uintptr_t)src_base + (size / 2);
+
+    t = now();
+    for (int i = 0; i < N; i++) {
+        struct pm_scan_arg arg = {.size = sizeof(arg), .start = a, .end = a + 16 * ps,
+                                  .vec = (uintptr_t)vec, .vec_len = 64,
+                                  .return_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED};
+        if (ioctl(pagemap_fd, PAGEMAP_SCAN, &arg) < 0)
+            break;
+    }
+    printf("| PAGEMAP_SCAN, 16 pages, no filter        | %6.2f us |\n", (now() - t) / N * 1e6);
+    t = now();
+    for (int i = 0; i < N; i++)
+        if (pread(pagemap_fd, e, sizeof(e), (off_t)(a / ps * 8)) < 0)
+            break;
+    printf("| pread pagemap, 16 entries                | %6.2f us |\n", (now() - t) / N * 1e6);
+    t = now();
+    for (int i = 0; i < N; i++) {
+        struct procmap_query q = {.size = sizeof(q), .query_addr = a,
+                                  .query_flags = PROCMAP_QUERY_COVERING_OR_NEXT_VMA};
+        if (ioctl(maps_fd, PROCMAP_QUERY, &q) < 0)
+            break;
+    }
+    printf("| PROCMAP_QUERY, one VMA                   | %6.2f us |\n", (now() - t) / N * 1e6);
+    int lines = 0;
+    t = now();
+    for (int i = 0; i < N / 10; i++) {
+        ssize_t got, off = 0;
+        while ((got = pread(maps_fd, buf + off, sizeof(buf) - 1 - (size_t)off, off)) > 0)
+            off += got;
+        if (i == 0)
+            for (ssize_t k = 0; k < off; k++)
+                lines += buf[k] == '\n';
+    }
+    printf("| /proc/PID/maps text, whole (%d VMAs)     | %6.2f us |\n", lines,
+           (now() - t) / (N / 10) * 1e6);
+}
+
 /* ---- the table ---- */
 
 enum { MAXR = 32 };
@@ -381,9 +428,10 @@ struct row {
     double v[MAXR];             /* seconds, or p50 */
     double w[MAXR];             /* p99 */
     int lat;
+    int flags;                  /* lazy flags */
 };
 
-static double r_lazy(const struct row *r) { return lazy_seq(r->a, r->b); }
+static double r_lazy(const struct row *r) { return lazy_seq(r->a, r->b, r->flags); }
 static double r_raw(const struct row *r) { return raw_seq(r->a, (int)r->b); }
 static double r_fill(const struct row *r) { (void)r; return lazy_fill(); }
 static double r_prefetch(const struct row *r) { (void)r; return lazy_prefetch(); }
@@ -391,6 +439,7 @@ static double r_eager(const struct row *r) { return eager((int)r->a, (int)r->b);
 static double r_raw_eager(const struct row *r) { return raw_eager(r->a, (int)r->b); }
 
 #define LAT_LEN ((size_t)64 << 20)
+#define FX PVMMAP_LAZY_FIXED_READAHEAD
 
 int main(int argc, char **argv)
 {
@@ -403,41 +452,44 @@ int main(int argc, char **argv)
     const long spin_def = PVMMAP_LAZY_SPIN_DEFAULT_US;
 
     struct row rows[] = {
-        {"lazy seq, readahead 4K", r_lazy, 4 << 10, spin_def, {0}, {0}, 0},
-        {"lazy seq, readahead 16K", r_lazy, 16 << 10, spin_def, {0}, {0}, 0},
-        {"lazy seq, readahead 64K", r_lazy, 64 << 10, spin_def, {0}, {0}, 0},
-        {"lazy seq, readahead 256K", r_lazy, 256 << 10, spin_def, {0}, {0}, 0},
-        {"lazy seq, readahead 1M", r_lazy, 1 << 20, spin_def, {0}, {0}, 0},
-        {"raw uffd loop, 64K, pread mem", r_raw, 64 << 10, 0, {0}, {0}, 0},
-        {"raw uffd loop, 64K, process_vm_readv", r_raw, 64 << 10, 1, {0}, {0}, 0},
-        {"lazy seq 64K, server blocks", r_lazy, 64 << 10, 0, {0}, {0}, 0},
-        {"lazy seq 64K, server busy-polls", r_lazy, 64 << 10, -1, {0}, {0}, 0},
-        {"lazy seq 64K, spin 20us then block", r_lazy, 64 << 10, 20, {0}, {0}, 0},
-        {"lazy seq 64K, spin 200us then block", r_lazy, 64 << 10, 200, {0}, {0}, 0},
-        {"lat: seq (ra 4K), block", NULL, 4 << 10, 0, {0}, {0}, 1},
-        {"lat: seq (ra 4K), busy-poll", NULL, 4 << 10, -1, {0}, {0}, 1},
-        {"lat: seq (ra 4K), spin 50us", NULL, 4 << 10, 50, {0}, {0}, 1},
-        {"lat: seq (ra 64K), block", NULL, 64 << 10, 0, {0}, {0}, 1},
-        {"lat: seq (ra 64K), busy-poll", NULL, 64 << 10, -1, {0}, {0}, 1},
-        {"lat: seq (ra 64K), spin 50us", NULL, 64 << 10, 50, {0}, {0}, 1},
-        {"lat: random 4K (ra 4K), block", NULL, 4 << 10, 0, {0}, {0}, 2},
-        {"lat: random 4K (ra 4K), busy-poll", NULL, 4 << 10, -1, {0}, {0}, 2},
-        {"lat: random 4K (ra 4K), spin 20us", NULL, 4 << 10, 20, {0}, {0}, 2},
-        {"lat: random 4K (ra 4K), spin 50us", NULL, 4 << 10, 50, {0}, {0}, 2},
-        {"lat: random 4K (ra 4K), spin 200us", NULL, 4 << 10, 200, {0}, {0}, 2},
-        {"lat: random 4K (ra 16K), spin 50us", NULL, 16 << 10, 50, {0}, {0}, 2},
-        {"lat: random 4K (ra 64K), spin 50us", NULL, 64 << 10, 50, {0}, {0}, 2},
-        {"lat: random 4K (ra 256K), spin 50us", NULL, 256 << 10, 50, {0}, {0}, 2},
-        {"fill() loop, 64 MiB per call", r_fill, 0, 0, {0}, {0}, 0},
-        {"prefetch (server, background)", r_prefetch, 0, 0, {0}, {0}, 0},
-        {"eager readv -> fresh, 1 thread", r_eager, 1, 0, {0}, {0}, 0},
-        {"eager readv -> fresh, 2 threads", r_eager, 2, 0, {0}, {0}, 0},
-        {"eager UFFD path, 1 thread", r_eager, 1, PVMMAP_COPY_UFFD, {0}, {0}, 0},
-        {"eager UFFD path, 2 threads", r_eager, 2, PVMMAP_COPY_UFFD, {0}, {0}, 0},
-        {"raw eager uffd, stage 64K, 2 thr", r_raw_eager, 64 << 10, 2, {0}, {0}, 0},
-        {"raw eager uffd, stage 256K, 2 thr", r_raw_eager, 256 << 10, 2, {0}, {0}, 0},
-        {"raw eager uffd, stage 1M, 2 thr", r_raw_eager, 1 << 20, 2, {0}, {0}, 0},
-        {"raw eager uffd, stage 256K, 1 thr", r_raw_eager, 256 << 10, 1, {0}, {0}, 0},
+        {"lazy seq, readahead 4K", r_lazy, 4 << 10, spin_def, {0}, {0}, 0, FX},
+        {"lazy seq, readahead 16K", r_lazy, 16 << 10, spin_def, {0}, {0}, 0, FX},
+        {"lazy seq, readahead 64K", r_lazy, 64 << 10, spin_def, {0}, {0}, 0, FX},
+        {"lazy seq, readahead 256K", r_lazy, 256 << 10, spin_def, {0}, {0}, 0, FX},
+        {"lazy seq, readahead 1M", r_lazy, 1 << 20, spin_def, {0}, {0}, 0, FX},
+        {"lazy seq, default (16K, growing)", r_lazy, 0, spin_def, {0}, {0}, 0, 0},
+        {"raw uffd loop, 64K, pread mem", r_raw, 64 << 10, 0, {0}, {0}, 0, 0},
+        {"raw uffd loop, 64K, process_vm_readv", r_raw, 64 << 10, 1, {0}, {0}, 0, 0},
+        {"lazy seq 64K, server blocks", r_lazy, 64 << 10, 0, {0}, {0}, 0, FX},
+        {"lazy seq 64K, server busy-polls", r_lazy, 64 << 10, -1, {0}, {0}, 0, FX},
+        {"lazy seq 64K, spin 20us then block", r_lazy, 64 << 10, 20, {0}, {0}, 0, FX},
+        {"lazy seq 64K, spin 200us then block", r_lazy, 64 << 10, 200, {0}, {0}, 0, FX},
+        {"lat: seq (ra 4K), block", NULL, 4 << 10, 0, {0}, {0}, 1, FX},
+        {"lat: seq (ra 4K), busy-poll", NULL, 4 << 10, -1, {0}, {0}, 1, FX},
+        {"lat: seq (ra 4K), spin 50us", NULL, 4 << 10, 50, {0}, {0}, 1, FX},
+        {"lat: seq (ra 64K), block", NULL, 64 << 10, 0, {0}, {0}, 1, FX},
+        {"lat: seq (ra 64K), busy-poll", NULL, 64 << 10, -1, {0}, {0}, 1, FX},
+        {"lat: seq (ra 64K), spin 50us", NULL, 64 << 10, 50, {0}, {0}, 1, FX},
+        {"lat: random 4K (ra 4K), block", NULL, 4 << 10, 0, {0}, {0}, 2, FX},
+        {"lat: random 4K (ra 4K), busy-poll", NULL, 4 << 10, -1, {0}, {0}, 2, FX},
+        {"lat: random 4K (ra 4K), spin 20us", NULL, 4 << 10, 20, {0}, {0}, 2, FX},
+        {"lat: random 4K (ra 4K), spin 50us", NULL, 4 << 10, 50, {0}, {0}, 2, FX},
+        {"lat: random 4K (ra 4K), spin 200us", NULL, 4 << 10, 200, {0}, {0}, 2, FX},
+        {"lat: random 4K (ra 16K), spin 50us", NULL, 16 << 10, 50, {0}, {0}, 2, FX},
+        {"lat: random 4K (ra 64K), spin 50us", NULL, 64 << 10, 50, {0}, {0}, 2, FX},
+        {"lat: random 4K (ra 256K), spin 50us", NULL, 256 << 10, 50, {0}, {0}, 2, FX},
+        {"lat: seq, default (16K, growing)", NULL, 0, spin_def, {0}, {0}, 1, 0},
+        {"lat: random 4K, default (16K, growing)", NULL, 0, spin_def, {0}, {0}, 2, 0},
+        {"fill() loop, 64 MiB per call", r_fill, 0, 0, {0}, {0}, 0, 0},
+        {"prefetch (server, background)", r_prefetch, 0, 0, {0}, {0}, 0, 0},
+        {"eager readv -> fresh, 1 thread", r_eager, 1, 0, {0}, {0}, 0, 0},
+        {"eager readv -> fresh, 2 threads", r_eager, 2, 0, {0}, {0}, 0, 0},
+        {"eager UFFD path, 1 thread", r_eager, 1, PVMMAP_COPY_UFFD, {0}, {0}, 0, 0},
+        {"eager UFFD path, 2 threads", r_eager, 2, PVMMAP_COPY_UFFD, {0}, {0}, 0, 0},
+        {"raw eager uffd, stage 64K, 2 thr", r_raw_eager, 64 << 10, 2, {0}, {0}, 0, 0},
+        {"raw eager uffd, stage 256K, 2 thr", r_raw_eager, 256 << 10, 2, {0}, {0}, 0, 0},
+        {"raw eager uffd, stage 1M, 2 thr", r_raw_eager, 1 << 20, 2, {0}, {0}, 0, 0},
+        {"raw eager uffd, stage 256K, 1 thr", r_raw_eager, 256 << 10, 1, {0}, {0}, 0, 0},
     };
     size_t nrows = sizeof(rows) / sizeof(rows[0]);
     const char *only = getenv("UFFD_BENCH_ONLY");   /* substring filter */
@@ -448,7 +500,8 @@ int main(int argc, char **argv)
             if (only && !strstr(r->name, only))
                 continue;
             if (r->lat)
-                lazy_latency(LAT_LEN, r->a, r->b, r->lat == 2, &r->v[k], &r->w[k]);
+                lazy_latency(LAT_LEN, r->a, r->b, r->lat == 2, r->flags,
+                             &r->v[k], &r->w[k]);
             else
                 r->v[k] = r->fn(r);
         }
@@ -477,6 +530,8 @@ int main(int argc, char **argv)
                    med * 1e3, lo * 1e3, hi * 1e3, (double)size / med / 1e9);
         }
     }
+    if (!only || strstr("lookup", only))
+        lookup_costs();
     kill(src_pid, SIGKILL);
     waitpid(src_pid, NULL, 0);
     return 0;

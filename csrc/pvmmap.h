@@ -159,7 +159,8 @@ int pvmmap_uffd_probe(void);
                                               where UFFDIO_POISON exists */
 #define PVMMAP_LAZY_NO_PAGEMAP_SCAN   0x2  /* read pagemap entries instead */
 #define PVMMAP_LAZY_NO_PROCMAP_QUERY  0x4  /* parse /proc/PID/maps instead */
-#define PVMMAP_LAZY_FLAGS_MASK        0x7
+#define PVMMAP_LAZY_FIXED_READAHEAD   0x8  /* no growing window for streams */
+#define PVMMAP_LAZY_FLAGS_MASK        0xf
 
 /* What a lazy mapping uses (pvmmap_lazy_stats.how). */
 #define PVMMAP_LAZY_HOW_POISON        0x1  /* UFFDIO_POISON (else memfd) */
@@ -167,10 +168,11 @@ int pvmmap_uffd_probe(void);
 #define PVMMAP_LAZY_HOW_PROCMAP_QUERY 0x4  /* PROCMAP_QUERY (else maps text) */
 #define PVMMAP_LAZY_HOW_USER_ONLY     0x8  /* user-mode-only uffd */
 
-/* Readahead per fault when 0 is passed, and the largest accepted (bytes).
- * See benchmarks/UFFD.md for the measurements behind the default. */
-#define PVMMAP_LAZY_READAHEAD_DEFAULT ((size_t)64 << 10)
-#define PVMMAP_LAZY_READAHEAD_MAX     ((size_t)2 << 20)
+/* Readahead per fault when 0 is passed, and the largest window (bytes): a
+ * sequential stream of faults doubles its window up to the max (unless
+ * PVMMAP_LAZY_FIXED_READAHEAD).  See benchmarks/UFFD.md for the numbers. */
+#define PVMMAP_LAZY_READAHEAD_DEFAULT ((size_t)16 << 10)
+#define PVMMAP_LAZY_READAHEAD_MAX     ((size_t)1 << 20)
 
 /* How long the server spins after serving a fault before it blocks (µs).
  * See server_main in uffd.c and benchmarks/UFFD.md. */
@@ -198,7 +200,8 @@ struct pvmmap_lazy_stats {
  * the caller keeps its own).  Registers the destination with a new uffd,
  * applies MADV_DONTFORK, and hands it to the server thread (started on
  * first use).  Constant time: nothing is read yet.  readahead: bytes
- * fetched per fault (0: the default; rounded to pages, clipped to the max).
+ * fetched per fault, the aligned window around it (0: the default; rounded
+ * to pages, clipped to the max); sequential faults grow it (see above).
  * Returns the mapping, or NULL with errno.
  */
 struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,

@@ -524,6 +524,32 @@ static void t_unmapped_fallbacks(void)
     t_unmapped(PVMMAP_LAZY_NO_PAGEMAP_SCAN | PVMMAP_LAZY_NO_PROCMAP_QUERY);
 }
 
+/* Sequential faults grow the window; a fixed window stays put. */
+static void t_readahead(void)
+{
+    struct source s;
+    CHECK(source_start(&s, 99) == 0, "source");
+    for (int fixed = 0; fixed <= 1; fixed++) {
+        char *dst = fresh(NP);
+        struct pvmmap_lazy *lz = lazy(&s, dst, 16 << 10,
+                                      fixed ? PVMMAP_LAZY_FIXED_READAHEAD : 0);
+        CHECK(lz != NULL, "start");
+        if (!lz)
+            return;
+        CHECK(bad_pages(dst, 0, NP, s.seed) == 0, "bytes (fixed %d)", fixed);
+        struct pvmmap_lazy_stats st;
+        pvmmap_lazy_stats(lz, &st);
+        if (fixed)
+            CHECK(st.faults == NP / 4, "fixed 16K: %llu faults",
+                  (unsigned long long)st.faults);
+        else
+            CHECK(st.faults < 24, "growing: %llu faults", (unsigned long long)st.faults);
+        pvmmap_lazy_close(lz);
+        munmap(dst, NP * ps);
+    }
+    source_end(&s);
+}
+
 /* fill() in steps alongside faulting threads; prefetch completes alone. */
 static void t_fill_prefetch(void)
 {
@@ -721,6 +747,7 @@ static const struct {
     {"execed", t_execed},
     {"unmapped", t_unmapped_default},
     {"unmapped_fallbacks", t_unmapped_fallbacks},
+    {"readahead", t_readahead},
     {"fill_prefetch", t_fill_prefetch},
     {"eager", t_eager},
     {"unprivileged", t_unprivileged},
