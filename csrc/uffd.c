@@ -921,17 +921,41 @@ static void *server_main(void *unused)
     return NULL;
 }
 
+/* fork() while another thread holds srv.lock would leave it locked in
+ * the child: hold it across the fork (pthread_atfork, once). */
+static void srv_prefork(void)
+{
+    pthread_mutex_lock(&srv.lock);
+}
+
+static void srv_postfork(void)
+{
+    pthread_mutex_unlock(&srv.lock);
+}
+
+static void srv_atfork_once(void)
+{
+    pthread_atfork(srv_prefork, srv_postfork, srv_postfork);
+}
+
 /* Start the server thread if this process has none.  Returns 0 or -1. */
 static int server_start(size_t stage_pages)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, srv_atfork_once);
     pthread_mutex_lock(&srv.lock);
     if (srv.owner == getpid()) {
-        /* Already running: the stage grows only between requests, so a
-         * larger readahead than the first one's is clipped to it. */
         pthread_mutex_unlock(&srv.lock);
         return 0;
     }
-    /* After fork() the child has the state but not the thread. */
+    if (srv.owner) {
+        /* A forked child has the state but not the thread, and shares the
+         * parent's epoll instance: never touch it, make its own. */
+        close(srv.epfd);
+        close(srv.evfd);
+        close(srv.memfd);
+        stage_free(&srv.stage);
+    }
     srv.queue = NULL;
     srv.prefetch = NULL;
     memset(&srv.stage, 0, sizeof(srv.stage));

@@ -524,6 +524,38 @@ static void t_unmapped_fallbacks(void)
     t_unmapped(PVMMAP_LAZY_NO_PAGEMAP_SCAN | PVMMAP_LAZY_NO_PROCMAP_QUERY);
 }
 
+/* A child forked while the server runs gets a server of its own (the
+ * parent's keeps serving the parent). */
+static void t_fork_server(void)
+{
+    struct source s;
+    CHECK(source_start(&s, 111) == 0, "source");
+    char *dst = fresh(NP);
+    struct pvmmap_lazy *lz = lazy(&s, dst, 0, 0);
+    CHECK(lz != NULL, "start");
+    if (!lz)
+        return;
+    CHECK(bad_pages(dst, 0, NP / 2, s.seed) == 0, "parent, first half");
+    fflush(stdout);
+    pid_t c = fork();
+    if (c == 0) {
+        alarm(20);
+        char *d = fresh(NP);
+        struct pvmmap_lazy *l = lazy(&s, d, 0, 0);
+        int ok = l && bad_pages(d, 0, NP, s.seed) == 0;
+        if (l)
+            pvmmap_lazy_close(l);
+        _exit(ok ? 0 : 1);
+    }
+    int status;
+    waitpid(c, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    CHECK(bad_pages(dst, NP / 2, NP, s.seed) == 0, "parent, second half");
+    pvmmap_lazy_close(lz);
+    munmap(dst, NP * ps);
+    source_end(&s);
+}
+
 /* Sequential faults grow the window; a fixed window stays put. */
 static void t_readahead(void)
 {
@@ -748,6 +780,7 @@ static const struct {
     {"unmapped", t_unmapped_default},
     {"unmapped_fallbacks", t_unmapped_fallbacks},
     {"readahead", t_readahead},
+    {"fork_server", t_fork_server},
     {"fill_prefetch", t_fill_prefetch},
     {"eager", t_eager},
     {"unprivileged", t_unprivileged},
