@@ -154,6 +154,9 @@ int pvmmap_uffd_probe(void)
 #define SCAN_MAX_PAGES 512      /* pages per PAGEMAP_SCAN: see classify_scan */
 #define PREFETCH_CHUNK ((size_t)256 << 10)
 #define FILL_CHUNK ((size_t)1 << 20)
+#ifndef SERVE_PIECE
+#define SERVE_PIECE ((size_t)64 << 10)  /* bytes fetched+installed at a time */
+#endif
 #define MSG_BATCH 16
 
 #define PM_PRESENT (1ULL << 63)
@@ -774,8 +777,15 @@ static ssize_t serve_span(struct pvmmap_lazy *lz, struct stage *st,
             j++;
             continue;
         }
-        size_t k = j;
-        while (k < n && ((st->mine[k / WORD_BITS] >> (k % WORD_BITS)) & 1))
+        /* The first run is cut at SERVE_PIECE: it wakes the faulter (whose
+         * page starts the span when a stream is followed) while the rest
+         * is fetched in one go.  Measured on 1 GiB sequential (UFFD.md):
+         * 64K pieces throughout cut the fault p50 from 0.9 ms to 70 us but
+         * cost 25% throughput (a toucher that catches up faults once per
+         * piece); one first piece keeps the throughput. */
+        size_t k = j, cap = j == 0 ? SERVE_PIECE / lz->ps : n;
+        while (k < n && k - j < cap
+               && ((st->mine[k / WORD_BITS] >> (k % WORD_BITS)) & 1))
             k++;
         if (serve_run(lz, st, first + j, k - j) < 0 && !err)
             err = errno;
