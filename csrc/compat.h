@@ -59,4 +59,83 @@ struct pm_scan_arg {
 #define PTRACE_EVENT_STOP 128
 #endif
 
+/* ---- userfaultfd uapi newer than 6.1 (include/uapi/linux/userfaultfd.h) ---- */
+#include <linux/userfaultfd.h>
+
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)   /* 6.4 */
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON         (1 << 14)   /* 6.6 */
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC       (1 << 15)   /* 6.7 */
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE           (1 << 16)   /* 6.8 */
+#endif
+
+/* UFFDIO_POISON (6.6): install a marker that SIGBUSes on touch. */
+#ifndef UFFDIO_POISON
+#define _UFFDIO_POISON 0x08
+struct uffdio_poison {
+    struct uffdio_range range;
+#define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
+    __u64 mode;
+    __s64 updated;              /* bytes poisoned, or -errno */
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
+/* UFFDIO_MOVE (6.8): remap pages instead of copying them. */
+#ifndef UFFDIO_MOVE
+#define _UFFDIO_MOVE 0x05
+struct uffdio_move {
+    __u64 dst;
+    __u64 src;
+    __u64 len;
+#define UFFDIO_MOVE_MODE_DONTWAKE        ((__u64)1 << 0)
+#define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES ((__u64)1 << 1)
+    __u64 mode;
+    __s64 move;                 /* bytes moved, or -errno */
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
+#endif
+
+/* /dev/userfaultfd's ioctl (6.1; older headers lack it). */
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC 0xAA
+#define USERFAULTFD_IOC_NEW _IO(USERFAULTFD_IOC, 0x00)
+#endif
+
+/* PROCMAP_QUERY: ioctl on /proc/PID/maps, Linux 6.11 and later (fs.h). */
+#ifndef PROCMAP_QUERY
+#define PROCFS_IOCTL_MAGIC 'f'
+#define PROCMAP_QUERY_VMA_READABLE      0x01
+#define PROCMAP_QUERY_VMA_WRITABLE      0x02
+#define PROCMAP_QUERY_VMA_EXECUTABLE    0x04
+#define PROCMAP_QUERY_VMA_SHARED        0x08
+#define PROCMAP_QUERY_COVERING_OR_NEXT_VMA 0x10
+#define PROCMAP_QUERY_FILE_BACKED_VMA   0x20
+
+struct procmap_query {
+    __u64 size;
+    __u64 query_flags;
+    __u64 query_addr;
+    __u64 vma_start;            /* out */
+    __u64 vma_end;
+    __u64 vma_flags;
+    __u64 vma_page_size;
+    __u64 vma_offset;
+    __u64 inode;
+    __u32 dev_major;
+    __u32 dev_minor;
+    __u32 vma_name_size;        /* in/out */
+    __u32 build_id_size;        /* in/out */
+    __u64 vma_name_addr;
+    __u64 build_id_addr;
+};
+#define PROCMAP_QUERY _IOWR(PROCFS_IOCTL_MAGIC, 17, struct procmap_query)
+#endif
+
 #endif /* PVMMAP_COMPAT_H */

@@ -46,10 +46,6 @@ int pvmmap_kallsyms_find(const char *const *names, int n);
  * for a pid that cannot exist.  Returns 0 if it does, -1/ENOSYS if not. */
 int pvmmap_probe_native(long nr);
 
-/* How this process can get a userfaultfd: 2 fully (syscall or
- * /dev/userfaultfd), 1 only with UFFD_USER_MODE_ONLY, 0 not at all. */
-int pvmmap_uffd_probe(void);
-
 /* The page size (sysconf, read once). */
 size_t pvmmap_page_size(void);
 
@@ -82,12 +78,20 @@ struct pvmmap_copy_stats {
     uint64_t calls;         /* syscalls issued */
     uint64_t skipped;       /* pages left zero under PVMMAP_COPY_SKIP */
     int threads;            /* threads that copied */
+    int uffd;               /* 1 if the destination was filled through
+                               UFFDIO_COPY (PVMMAP_COPY_UFFD), 0 if directly */
 };
 
 /* Copy flags. */
 #define PVMMAP_COPY_MEM_ONLY 0x1   /* source pages unreadable: use mem_fd */
 #define PVMMAP_COPY_SKIP     0x2   /* leave pages neither path can read (a file
                                       mapping past EOF) zero, count them */
+#define PVMMAP_COPY_UFFD     0x4   /* the destination is fresh private anonymous
+                                      memory: fill it by UFFDIO_COPY from hot
+                                      staging buffers (no zero-fill, no fault
+                                      per page); falls back to the direct path
+                                      when no uffd can be opened/registered.
+                                      Pages left unfilled stay missing. */
 
 /* Copy each source range [r.start, r.end) of `pid` to
  * dst_base + (r.start - src_base).  process_vm_readv with batched iovecs is
@@ -117,5 +121,117 @@ int pvmmap_freeze(pid_t pid, struct pvmmap_freeze *fz);
 /* Detach every thread held by `fz` (they resume) and free its arrays.
  * Safe to call twice.  Returns 0, or -1 with errno of the first failure. */
 int pvmmap_thaw(struct pvmmap_freeze *fz);
+
+/* ---- uffd.c: userfaultfd and the lazy fault server ---- */
+
+/* How a userfaultfd was obtained. */
+#define PVMMAP_UFFD_VIA_DEV       1   /* /dev/userfaultfd, USERFAULTFD_IOC_NEW */
+#define PVMMAP_UFFD_VIA_SYSCALL   2   /* userfaultfd() */
+#define PVMMAP_UFFD_VIA_USER_ONLY 3   /* userfaultfd(UFFD_USER_MODE_ONLY) */
+
+struct pvmmap_uffd_info {
+    int mode;               /* 2: full; 1: user-mode-only (a kernel access to
+                               a missing page fails with EFAULT) */
+    int via;                /* PVMMAP_UFFD_VIA_* */
+    int dev_errno;          /* why /dev/userfaultfd was not used (0: it was) */
+    int syscall_errno;      /* why plain userfaultfd() was not (0: not tried) */
+    uint64_t offered;       /* UFFD_FEATURE_* bits this kernel has */
+    uint64_t granted;       /* the ones enabled on the returned fd */
+};
+
+/* Open a userfaultfd (O_CLOEXEC|O_NONBLOCK) and do UFFDIO_API, trying
+ * /dev/userfaultfd, then userfaultfd(), then UFFD_USER_MODE_ONLY; enables
+ * the features of `want` the kernel offers.  Returns the fd with *info
+ * filled (info may be NULL), or -1 with errno of the last route tried. */
+int pvmmap_uffd_open_ex(uint64_t want, struct pvmmap_uffd_info *info);
+
+/* pvmmap_uffd_open_ex with no optional feature; *mode = 2 or 1.
+ * Returns the fd, or -1 with errno. */
+int pvmmap_uffd_open(int *mode);
+
+/* How this process can get a userfaultfd: 2 fully (syscall or
+ * /dev/userfaultfd), 1 only with UFFD_USER_MODE_ONLY, 0 not at all.
+ * (Opens one and closes it; errno is left as it was.) */
+int pvmmap_uffd_probe(void);
+
+/* Lazy mapping flags (the fallbacks can be forced, for tests). */
+#define PVMMAP_LAZY_NO_POISON         0x1  /* poison by memfd mapping even
+                                              where UFFDIO_POISON exists */
+#define PVMMAP_LAZY_NO_PAGEMAP_SCAN   0x2  /* read pagemap entries instead */
+#define PVMMAP_LAZY_NO_PROCMAP_QUERY  0x4  /* parse /proc/PID/maps instead */
+#define PVMMAP_LAZY_FIXED_READAHEAD   0x8  /* no growing window for streams */
+#define PVMMAP_LAZY_FLAGS_MASK        0xf
+
+/* What a lazy mapping uses (pvmmap_lazy_stats.how). */
+#define PVMMAP_LAZY_HOW_POISON        0x1  /* UFFDIO_POISON (else memfd) */
+#define PVMMAP_LAZY_HOW_PAGEMAP_SCAN  0x2  /* PAGEMAP_SCAN (else pagemap read) */
+#define PVMMAP_LAZY_HOW_PROCMAP_QUERY 0x4  /* PROCMAP_QUERY (else maps text) */
+#define PVMMAP_LAZY_HOW_USER_ONLY     0x8  /* user-mode-only uffd */
+
+/* Readahead per fault when 0 is passed, and the largest window (bytes): a
+ * sequential stream of faults doubles its window up to the max (unless
+ * PVMMAP_LAZY_FIXED_READAHEAD).  See benchmarks/UFFD.md for the numbers. */
+#define PVMMAP_LAZY_READAHEAD_DEFAULT ((size_t)16 << 10)
+#define PVMMAP_LAZY_READAHEAD_MAX     ((size_t)1 << 20)
+
+/* How long the server spins after serving a fault before it blocks (µs).
+ * See server_main in uffd.c and benchmarks/UFFD.md. */
+#define PVMMAP_LAZY_SPIN_DEFAULT_US 50
+
+struct pvmmap_lazy;         /* one lazy mapping */
+
+struct pvmmap_lazy_stats {
+    uint64_t faults;        /* fault messages served */
+    uint64_t bytes_fetched; /* bytes read from the source and installed */
+    uint64_t pages_zero;    /* holes answered with the zero page */
+    uint64_t pages_lost;    /* pages poisoned: the source died or unmapped
+                               them; touching one raises SIGBUS */
+    uint64_t pages_done;    /* pages installed so far (data or zero) */
+    uint64_t pages_total;
+    int how;                /* PVMMAP_LAZY_HOW_* */
+};
+
+/*
+ * Make the destination [dst, dst+len) (private anonymous memory the caller
+ * mmapped, not yet touched) a lazy clone of the source's [src, src+len),
+ * which must be private anonymous memory (a hole there reads as zero).
+ * mem_fd, pagemap_fd and maps_fd are /proc/PID/{mem,pagemap,maps}, opened
+ * by the caller at clone time (they pin the source's mm; they are dup'ed,
+ * the caller keeps its own).  Registers the destination with a new uffd,
+ * applies MADV_DONTFORK, and hands it to the server thread (started on
+ * first use).  Constant time: nothing is read yet.  readahead: bytes
+ * fetched per fault, the aligned window around it (0: the default; rounded
+ * to pages, clipped to the max); sequential faults grow it (see above).
+ * Returns the mapping, or NULL with errno.
+ */
+struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
+                                      int maps_fd, uintptr_t src, void *dst,
+                                      size_t len, size_t readahead, int flags);
+
+/* Fetch up to max_bytes of not yet fetched pages on the calling thread,
+ * alongside the server.  *remaining (may be NULL) gets the bytes not yet
+ * installed.  Returns 0, or -1 with errno once pages were lost (they are
+ * poisoned first): ESRCH if the source exited or exec'd, EFAULT if part of
+ * the range was unmapped.  Not concurrently with close() of the same lz. */
+int pvmmap_lazy_fill(struct pvmmap_lazy *lz, size_t max_bytes, size_t *remaining);
+
+/* Ask the server to complete the mapping in the background, whenever no
+ * fault is waiting (faults are always served first).  Returns 0. */
+int pvmmap_lazy_prefetch(struct pvmmap_lazy *lz);
+
+/* Stop serving lz: on return the server no longer touches it (other lazy
+ * mappings are served throughout).  Unregisters, closes its fds, frees it.
+ * The caller munmaps the destination afterwards; a page touched between
+ * close and munmap reads as zero.  Returns 0, or -1 with errno if the
+ * unregistering failed (lz is freed anyway). */
+int pvmmap_lazy_close(struct pvmmap_lazy *lz);
+
+/* Fill *st with lz's counters (lock-free; consistent enough to report). */
+void pvmmap_lazy_stats(const struct pvmmap_lazy *lz, struct pvmmap_lazy_stats *st);
+
+/* How long the server spins after a fault before it blocks: usec > 0, 0
+ * to block at once, -1 to busy-poll always.  Process-wide.  Returns the
+ * previous setting. */
+long pvmmap_lazy_set_spin(long usec);
 
 #endif /* PVMMAP_H */

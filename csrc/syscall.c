@@ -97,27 +97,3 @@ no:
     errno = ENOSYS;
     return -1;
 }
-
-/* Returns 2 (full userfaultfd), 1 (user-mode-only faults) or 0 (none). */
-int pvmmap_uffd_probe(void)
-{
-    int saved = errno;
-    int level = 0;
-    long fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (fd >= 0) {
-        level = 2;
-    } else {
-        int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-        if (dev >= 0) {
-            close(dev);
-            level = 2;
-        } else if ((fd = syscall(SYS_userfaultfd,
-                                 O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)) >= 0) {
-            level = 1;
-        }
-    }
-    if (fd >= 0)
-        close((int)fd);
-    errno = saved;
-    return level;
-}
