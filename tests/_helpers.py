@@ -1,6 +1,7 @@
 """Small helpers for the tests: /proc readings of this process and others.
 The source process itself is child.Source (see conftest.py)."""
 import contextlib
+import json
 import ctypes
 import os
 
@@ -166,3 +167,54 @@ def zombie():
         yield proc.pid
     finally:
         proc.wait()
+
+
+NOBODY = 65534
+
+
+def run_unprivileged(body):
+    """Run body() as uid/gid 65534 in a forked child (no exec: the
+    interpreter under /root is not readable to that uid); return its JSON
+    result."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            # Changing uid made us non-dumpable: nobody could ptrace our
+            # children either.  A normal process started by this user is.
+            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)         # PR_SET_DUMPABLE
+            result = body()
+            os.write(w, json.dumps(result).encode())
+            status = 0
+        except BaseException as e:          # report, never return into pytest
+            os.write(w, json.dumps({"crash": repr(e)}).encode())
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    result = json.loads(data)
+    assert "crash" not in result, result["crash"]
+    return result
+
+
+def with_grandchild(regions, work):
+    """Fork a grandchild that holds the current memory; run work(pid); end it."""
+    r, w = os.pipe()
+    gpid = os.fork()
+    if gpid == 0:
+        os.close(w)
+        os.read(r, 1)                       # until the parent closes w
+        os._exit(0)
+    os.close(r)
+    try:
+        return work(gpid)
+    finally:
+        os.close(w)
+        os.waitpid(gpid, 0)

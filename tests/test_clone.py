@@ -241,12 +241,6 @@ def test_method_copy_snapshots_shared_memory(source, clones):
     assert s.read(s.addr["r"], 4) == page_bytes(2, 0)[:4]
 
 
-def test_lazy_is_not_implemented_yet(source):
-    s = source([dict(name="r", kind="anon", size=PAGE)])
-    with pytest.raises(NotImplementedError, match="lazy"):
-        pvmmap.clone(s.pid, s.addr["r"], PAGE, method="lazy")
-
-
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="auto, native, copy, lazy"):
         pvmmap.clone(os.getpid(), 0x1000, PAGE, method="fast")

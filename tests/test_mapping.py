@@ -147,7 +147,8 @@ def test_indexing_reads_without_views(m):
 def test_stats_have_one_key_per_fact(src, clones):
     m = clones(src.pid, src.addr["r"], 16 * PAGE, method="copy")
     assert set(m.stats) <= {"bytes_readv", "bytes_mem", "calls", "threads",
-                            "lost_pages", "scan", "frozen_threads"}
+                            "lost_pages", "scan", "fill", "frozen_threads"}
+    assert m.stats["fill"] == ("UFFDIO_COPY" if pvmmap.features().uffd else "direct")
     assert m.stats["bytes_readv"] + m.stats["bytes_mem"] == 16 * PAGE
     assert m.lost == m.stats["lost_pages"] == 0
     assert m.stats["scan"] in ("PAGEMAP_SCAN", "pagemap")

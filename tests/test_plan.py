@@ -123,11 +123,11 @@ def test_plan_says_how_each_object_is_reached(src):
         assert "map_files" in verdict.reason
 
 
-def test_plan_rejects_a_bad_method_as_clone_does(src):
+def test_plan_takes_the_methods_clone_takes(src):
     with pytest.raises(ValueError):
         plan_clone(src.pid, src.addr["a"], PAGE, method="bogus")
-    with pytest.raises(NotImplementedError):
-        plan_clone(src.pid, src.addr["a"], PAGE, method="lazy")
+    plan = plan_clone(src.pid, src.addr["a"], PAGE, method="lazy")
+    assert plan.ok and [v.part.method for v in plan.parts] == ["lazy"]
 
 
 # ---- pvmmap.maps() checks the process as clone() does ----------------------

@@ -12,59 +12,14 @@ import pytest
 import pvmmap
 from child import PAGE, page_bytes, pattern
 
-NOBODY = 65534
+from _helpers import run_unprivileged, with_grandchild
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root to drop to another uid")
 
 
 def fill(buf, seed):
     buf[:] = pattern(len(buf), seed)
-
-
-def run_unprivileged(body):
-    """Run body() as uid/gid 65534 in a forked child; return its JSON result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            # Changing uid made us non-dumpable: nobody could ptrace our
-            # children either.  A normal process started by this user is.
-            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)         # PR_SET_DUMPABLE
-            result = body()
-            os.write(w, json.dumps(result).encode())
-            status = 0
-        except BaseException as e:          # report, never return into pytest
-            os.write(w, json.dumps({"crash": repr(e)}).encode())
-        finally:
-            os._exit(status)
-    os.close(w)
-    with os.fdopen(r) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    result = json.loads(data)
-    assert "crash" not in result, result["crash"]
-    return result
-
-
-def with_grandchild(regions, work):
-    """Fork a grandchild that holds the current memory; run work(pid); end it."""
-    r, w = os.pipe()
-    gpid = os.fork()
-    if gpid == 0:
-        os.close(w)
-        os.read(r, 1)                       # until the parent closes w
-        os._exit(0)
-    os.close(r)
-    try:
-        return work(gpid)
-    finally:
-        os.close(w)
-        os.waitpid(gpid, 0)
 
 
 def errno_of(call):

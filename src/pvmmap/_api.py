@@ -16,7 +16,8 @@ from pvmmap._native import Mapping
 
 def clone(pid: int, addr: int, length: int, *, dest: int = 0, fixed: bool = False,
           noreplace: bool = False, method: str = "auto", freeze: bool = False,
-          allow_copy: bool = False) -> Mapping:
+          allow_copy: bool = False, readahead: Optional[int] = None,
+          prefetch: bool = False) -> Mapping:
     """Clone [addr, addr+length) of process `pid` into this process.
 
     The range may span adjacent VMAs of different kinds (a hole: EFAULT); an
@@ -25,25 +26,35 @@ def clone(pid: int, addr: int, length: int, *, dest: int = 0, fixed: bool = Fals
     there, or noreplace=True, which fails with FileExistsError if anything
     is).  method: "auto" (native call if the kernel has it, else the faithful
     emulation per kind), "native" (the kernel call or ENOSYS), "copy" (a
-    private snapshot of every kind, shared memory included).  freeze: stop
-    the source's threads for the copy, so it is one instant.  allow_copy:
-    where sharing is not permitted, copy instead of raising PermissionError.
+    private snapshot of every kind, shared memory included), "lazy" (private
+    anonymous memory fetched on first touch by a C server thread: the call
+    returns at once, whatever the size; shared memory is shared as with
+    "auto").  freeze: stop the source's threads for the copy, so it is one
+    instant.  allow_copy: where sharing is not permitted, copy instead of
+    raising PermissionError.  readahead (lazy): bytes fetched per fault
+    (default 64 KiB).  prefetch (lazy): fetch the rest in the background,
+    faults first.
 
-    A private clone is a snapshot taken now; a shared clone stays shared.
+    A private clone is a snapshot taken now, except a lazy one: each of its
+    pages shows the source as it was when that page (or its read-ahead
+    chunk) was first touched.  A shared clone stays shared.
     Raises OSError with the errno process_vm_mmap() would give.
     """
+    backend = _backend_for(method)
+    if method != "lazy" and (readahead is not None or prefetch):
+        raise ValueError("readahead and prefetch apply to method='lazy' only")
     flags = 0
     if noreplace:
         flags = _native.FIXED_NOREPLACE
     elif fixed:
         flags = _native.FIXED
-    if _backend_for(method) == "native":
-        base, total, parts, stats = _kernel.clone(pid, addr, length, dest, flags)
+    if backend == "native":
+        made = _kernel.clone(pid, addr, length, dest, flags)
     else:
-        base, total, parts, stats = _emulate.clone(
-            pid, addr, length, dest, flags, single=False, method=method,
-            freeze=freeze, allow_copy=allow_copy)
-    return _contract.to_mapping(pid, addr, length, base, total, parts, stats)
+        made = _emulate.clone(pid, addr, length, dest, flags, single=False,
+                              method=method, freeze=freeze, allow_copy=allow_copy,
+                              readahead=readahead, prefetch=prefetch)
+    return _contract.to_mapping(pid, addr, length, made)
 
 
 def _backend_for(method: str) -> str:
@@ -51,10 +62,6 @@ def _backend_for(method: str) -> str:
     that is not one."""
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
-    if method == "lazy":
-        raise NotImplementedError(
-            "method='lazy' (pages fetched on first touch) is not available in "
-            "this version of pvmmap; use method='auto' or 'copy'")
     if method == "native" or (method == "auto" and active_backend() == "native"):
         return "native"
     return "emulated"

@@ -123,7 +123,8 @@ def copy_range(long pid, uintptr_t src, size_t length, uintptr_t dst, *,
     """Copy [src, src+length) of `pid` to dst: scan (unless do_scan is false),
     then readv the pages found, /proc/PID/mem where readv cannot.  GIL free.
     Adds to `stats`: bytes_readv, bytes_mem, calls, threads, lost_pages
-    (pages left zero under COPY_SKIP) and, when a scan ran, scan."""
+    (pages left zero under COPY_SKIP), when a scan ran scan, and under
+    COPY_UFFD fill (which way the destination was filled)."""
     cdef pvmmap_range *r = NULL
     cdef pvmmap_range whole
     cdef size_t n = 0
@@ -152,6 +153,8 @@ def copy_range(long pid, uintptr_t src, size_t length, uintptr_t dst, *,
         stats["lost_pages"] = stats.get("lost_pages", 0) + st.skipped
         if do_scan:
             stats["scan"] = "PAGEMAP_SCAN" if how else "pagemap"
+        if flags & PVMMAP_COPY_UFFD:
+            stats["fill"] = "UFFDIO_COPY" if st.uffd else "direct"
 
 
 cdef class Freeze:

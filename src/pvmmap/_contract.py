@@ -69,6 +69,17 @@ class ClonePlan:
         return self.error is None
 
 
+@dataclass
+class Clone:
+    """What a backend made: [base, base+total) page-aligned and placed, its
+    parts, what it cost, and the lazy pieces still being served."""
+    base: int
+    total: int
+    parts: List[Part]
+    stats: Dict[str, object]
+    lazy: Tuple[object, ...] = ()
+
+
 # ---- the EINVAL, ESRCH and EPERM checks ------------------------------------
 
 def check_args(pid: int, src: int, length: int, flags: int) -> Tuple[int, int]:
@@ -327,15 +338,14 @@ def _summary(values: Sequence[str]) -> str:
     return values[0] if len(set(values)) == 1 else "mixed"
 
 
-def to_mapping(pid: int, addr: int, length: int, base: int, total: int,
-               parts: Sequence[Part], stats: Dict[str, object]) -> _native.Mapping:
-    """The Mapping over [base, base+total) holding the clone of
-    [addr, addr+length) (base is addr's page, placed)."""
+def to_mapping(pid: int, addr: int, length: int, made: Clone) -> _native.Mapping:
+    """The Mapping over what a backend made, holding the clone of
+    [addr, addr+length) (made.base is addr's page)."""
     prot = _native.PROT_READ | _native.PROT_WRITE | _native.PROT_EXEC
-    for p in parts:
+    for p in made.parts:
         prot &= p.prot
     return _native.make_mapping(
-        base, total, addr - page_down(addr), length, pid=pid, source_address=addr,
-        method=_summary([p.method for p in parts]),
-        kind=_summary([p.kind for p in parts]), prot=prot, parts=tuple(parts),
-        stats=stats)
+        made.base, made.total, addr - page_down(addr), length, pid=pid,
+        source_address=addr, method=_summary([p.method for p in made.parts]),
+        kind=_summary([p.kind for p in made.parts]), prot=prot,
+        parts=tuple(made.parts), stats=made.stats, lazy=made.lazy)

@@ -31,6 +31,7 @@ cdef extern from "pvmmap.h" nogil:
     int PVMMAP_FIXED_NOREPLACE
     int PVMMAP_COPY_MEM_ONLY
     int PVMMAP_COPY_SKIP
+    int PVMMAP_COPY_UFFD
     int PVMMAP_SCAN_DATA
     int PVMMAP_SCAN_ANON
 
@@ -54,6 +55,7 @@ cdef extern from "pvmmap.h" nogil:
         uint64_t calls
         uint64_t skipped
         int threads
+        int uffd
     int pvmmap_copy(pid_t pid, int mem_fd, const pvmmap_range *r, size_t n,
                     uintptr_t src_base, void *dst_base, int max_threads, int flags,
                     pvmmap_copy_stats *stats)
@@ -64,3 +66,42 @@ cdef extern from "pvmmap.h" nogil:
         int n
     int pvmmap_freeze(pid_t pid, freeze_state *fz)
     int pvmmap_thaw(freeze_state *fz)
+
+    int PVMMAP_UFFD_VIA_DEV
+    int PVMMAP_UFFD_VIA_SYSCALL
+    int PVMMAP_UFFD_VIA_USER_ONLY
+    struct pvmmap_uffd_info:
+        int mode
+        int via
+        int dev_errno
+        int syscall_errno
+        uint64_t offered
+        uint64_t granted
+    int pvmmap_uffd_open_ex(uint64_t want, pvmmap_uffd_info *info)
+
+    int PVMMAP_LAZY_NO_POISON
+    int PVMMAP_LAZY_HOW_POISON
+    int PVMMAP_LAZY_HOW_PAGEMAP_SCAN
+    int PVMMAP_LAZY_HOW_PROCMAP_QUERY
+    int PVMMAP_LAZY_HOW_USER_ONLY
+    size_t PVMMAP_LAZY_READAHEAD_DEFAULT
+    size_t PVMMAP_LAZY_READAHEAD_MAX
+    struct pvmmap_lazy:
+        pass
+    # (struct and function share the name pvmmap_lazy_stats in C)
+    struct lazy_stats "pvmmap_lazy_stats":
+        uint64_t faults
+        uint64_t bytes_fetched
+        uint64_t pages_zero
+        uint64_t pages_lost
+        uint64_t pages_done
+        uint64_t pages_total
+        int how
+    pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
+                                   int maps_fd, uintptr_t src, void *dst,
+                                   size_t len, size_t readahead, int flags)
+    int pvmmap_lazy_fill(pvmmap_lazy *lz, size_t max_bytes, size_t *remaining)
+    int pvmmap_lazy_prefetch(pvmmap_lazy *lz)
+    int pvmmap_lazy_close(pvmmap_lazy *lz)
+    void pvmmap_lazy_stats(const pvmmap_lazy *lz, lazy_stats *st)
+    long pvmmap_lazy_set_spin(long usec)

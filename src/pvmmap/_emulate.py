@@ -18,8 +18,8 @@ import errno
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from pvmmap import _contract, _maps, _native
-from pvmmap._contract import Part, Piece, page_down
+from pvmmap import _contract, _lazy, _maps, _native
+from pvmmap._contract import Clone, Part, Piece, page_down
 from pvmmap._errors import os_error
 from pvmmap._maps import Region
 
@@ -37,6 +37,11 @@ STRATEGY: Dict[str, Optional[str]] = {
 }
 
 RW = _native.PROT_READ | _native.PROT_WRITE
+
+#: Fill fresh anonymous destinations with UFFDIO_COPY from a hot staging
+#: buffer (no zero-fill, no fault per page; measured in benchmarks/UFFD.md)
+#: where a userfaultfd can be had; the benchmark turns it off for its A/B.
+EAGER_UFFD = True
 
 
 def _same_file(st: os.stat_result, region: Region) -> bool:
@@ -94,7 +99,9 @@ def resolve(pid: int, pieces: List[Piece], method: str,
         for p in pieces:
             kind = p.region.kind
             p.method = "copy" if method == "copy" else STRATEGY[kind] or "copy"
-            if p.method == "copy":
+            if p.method == "copy" and method == "lazy" and kind == "private-anon":
+                p.method = "lazy"
+            if p.method in ("copy", "lazy"):
                 continue
             writable = p.method == "share" and "w" in p.region.perms
             p.fd, p.route = open_object(pid, p.region, writable)
@@ -155,6 +162,8 @@ def place(pid: int, piece: Piece, daddr: int, mem_fd: int, pagemap_fd: int,
         flags = 0 if r.readable else _native.COPY_MEM_ONLY
         if not anon:
             flags |= _native.COPY_SKIP
+        if EAGER_UFFD:
+            flags |= _native.COPY_UFFD
         _native.copy_range(pid, p.start, p.length, daddr, mem_fd=mem_fd,
                            pagemap_fd=pagemap_fd, do_scan=anon, flags=flags,
                            stats=stats)
@@ -163,9 +172,12 @@ def place(pid: int, piece: Piece, daddr: int, mem_fd: int, pagemap_fd: int,
 
 
 def _copier(method: str) -> Callable[[Region], bool]:
-    """copied(region) for _contract.plan: does the strategy copy its pages?"""
+    """copied(region) for _contract.plan: does the strategy copy its pages
+    at the call?  (A lazy piece reads nothing then, like a shared one.)"""
     if method == "copy":
         return lambda region: True
+    if method == "lazy":
+        return lambda region: STRATEGY.get(region.kind) not in ("share", "copy")
     return lambda region: STRATEGY.get(region.kind) != "share"
 
 
@@ -207,6 +219,8 @@ def explain(piece: Piece, method: str) -> str:
         return f"mapped shared, {piece.route}"
     if piece.method == "file":
         return f"the file mapped private, {piece.route}; modified pages copied"
+    if piece.method == "lazy":
+        return "fetched on first touch (userfaultfd)"
     if method == "copy":
         return "method='copy': a snapshot of the pages it has"
     if piece.route:
@@ -239,16 +253,27 @@ def survey(pid: int, start: int, end: int, method: str, allow_copy: bool
 
 def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
           single: bool, method: str = "auto", freeze: bool = False,
-          allow_copy: bool = False) -> Tuple[int, int, List[Part], Dict[str, object]]:
-    """Clone [src, src+length) of pid.  Returns (base, total, parts, stats)
-    with base the page-aligned destination of the page-rounded range."""
+          allow_copy: bool = False, readahead: Optional[int] = None,
+          prefetch: bool = False) -> Clone:
+    """Clone [src, src+length) of pid into a page-aligned destination of the
+    page-rounded range."""
+    if method == "lazy":
+        readahead = _lazy.check_readahead(
+            _lazy.READAHEAD_DEFAULT if readahead is None else readahead)
+        if freeze:
+            raise ValueError("freeze=True does not apply to method='lazy': its "
+                             "pages are fetched when first touched")
     start, end, mem_fd = admit(pid, src, length, dst, flags, freeze)
     pagemap_fd = -1
+    fds = None
     pieces: List[Piece] = []
+    lazies: List[_native.Lazy] = []
     try:
         pieces = choose(pid, start, end, single, method, allow_copy)
         if any(p.method != "share" for p in pieces):
             pagemap_fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        if any(p.method == "lazy" for p in pieces):
+            fds = _lazy.SourceFds(pid, mem_fd, pagemap_fd)
         base = _contract.reserve(pid, end - start, dst, flags)
         stats: Dict[str, object] = {}
         frozen = None
@@ -257,16 +282,28 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
                 frozen = _native.Freeze(pid)
                 stats["frozen_threads"] = frozen.threads
             for p in pieces:
-                place(pid, p, base + (p.start - start), mem_fd, pagemap_fd, stats)
+                daddr = base + (p.start - start)
+                if p.method == "lazy":
+                    assert fds is not None and readahead is not None
+                    lazies.append(_lazy.place(pid, p, daddr, fds, readahead))
+                else:
+                    place(pid, p, daddr, mem_fd, pagemap_fd, stats)
+            if prefetch:
+                for lz in lazies:
+                    lz.prefetch()
         except BaseException:
+            for lz in lazies:
+                lz.close()
             _native.munmap_raw(base, end - start)
             raise
         finally:
             if frozen is not None:
                 frozen.thaw()
-        return base, end - start, parts_of(pieces, start), stats
+        return Clone(base, end - start, parts_of(pieces, start), stats, tuple(lazies))
     finally:
         close_fds(pieces)
+        if fds is not None:
+            fds.close()
         os.close(mem_fd)
         if pagemap_fd >= 0:
             os.close(pagemap_fd)
@@ -275,4 +312,4 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
 def process_vm_mmap(pid: int, src: int, length: int, dst: int, flags: int) -> int:
     """The exact contract, emulated: one VMA, returns the page-aligned
     destination address."""
-    return clone(pid, src, length, dst, flags, single=True)[0]
+    return clone(pid, src, length, dst, flags, single=True).base

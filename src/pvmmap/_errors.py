@@ -38,6 +38,8 @@ HINTS = {
     "noreplace": "pick a free destination, or use fixed=True to replace it",
     "address-space": "the range must end below the end of the user address space",
     "refused": "this kind of memory cannot be cloned; clone the ranges around it",
+    "lazy-lost": "the source exited, exec'd or unmapped the range before these "
+                 "pages were fetched: they are gone (touching one raises SIGBUS)",
 }
 
 #: The hint an error gets when its raiser names none (hint="" for none).

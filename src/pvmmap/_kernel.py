@@ -6,10 +6,9 @@ destination."""
 from __future__ import annotations
 
 import errno
-from typing import Dict, List, Tuple
 
 from pvmmap import _contract, _maps, _native
-from pvmmap._contract import Part
+from pvmmap._contract import Clone, Part
 from pvmmap._errors import os_error
 from pvmmap._features import features
 
@@ -41,11 +40,9 @@ def _nothing_copied(region: _maps.Region) -> bool:
     return False    # the kernel copies page tables (and refuses what it must)
 
 
-def clone(pid: int, src: int, length: int, dst: int,
-          flags: int) -> Tuple[int, int, List[Part], Dict[str, object]]:
+def clone(pid: int, src: int, length: int, dst: int, flags: int) -> Clone:
     """Clone a range that may span adjacent VMAs: one call when it is one
-    VMA, else one call per VMA into a reserved destination.
-    Returns (base, total, parts, stats)."""
+    VMA, else one call per VMA into a reserved destination."""
     start, end = _contract.check_args(pid, src, length, flags)
     total = end - start
     nr = syscall_nr(pid, src, length)
@@ -78,4 +75,4 @@ def clone(pid: int, src: int, length: int, dst: int,
     for r in regions:
         lo, hi = max(r.start, start), min(r.end, end)
         parts.append(Part(lo - start, hi - lo, lo, r.kind, r.prot, "native"))
-    return base, total, parts, {}
+    return Clone(base, total, parts, {})

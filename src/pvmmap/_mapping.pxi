@@ -17,18 +17,26 @@ cdef class Mapping:
     cdef bint _readable
     cdef bint _writable
     cdef object _pid, _source_address, _method, _kind, _prot, _parts, _stats
+    cdef tuple _lazy            # the Lazy pieces of a lazy clone, else ()
+    cdef bint _forked           # closed because fork() did not inherit it
+    cdef object __weakref__
 
     def __cinit__(self):
         self._base = NULL
         self._open = False
         self._maplen = 0
         self._exports = 0
+        self._lazy = ()
+        self._forked = False
 
     def __init__(self):
         raise TypeError("Mapping objects are made by pvmmap.clone()")
 
     cdef int _check_open(self) except -1:
         if not self._open:
+            if self._forked:
+                raise ValueError("mapping closed: a lazy clone is not inherited "
+                                 "by fork() (populate() it before forking)")
             raise ValueError("mapping closed")
         return 0
 
@@ -93,16 +101,34 @@ cdef class Mapping:
 
     @property
     def stats(self):
-        """What the clone cost (see the README's table of keys)."""
+        """What the clone cost (see the README's table of keys); a lazy
+        clone's counters as they are now."""
         self._check_open()
-        return self._stats
+        if not self._lazy:
+            return self._stats
+        out = dict(self._stats)
+        for lz in self._lazy:
+            for key, value in (<Lazy>lz).stats().items():
+                if key == "how":
+                    out["poison"] = ("UFFDIO_POISON" if value & PVMMAP_LAZY_HOW_POISON
+                                     else "SIGBUS mapping")
+                else:
+                    key = "lost_pages" if key == "pages_lost" else key
+                    out[key] = out.get(key, 0) + value
+        return out
 
     @property
     def lost(self):
-        """Pages that do not hold the source's bytes because neither path
-        could read them (left zero)."""
+        """Pages that do not hold the source's bytes: eager clones, pages
+        neither path could read (left zero); lazy clones, pages the source
+        took away before they were fetched (SIGBUS on touch)."""
+        return self.stats.get("lost_pages", 0)
+
+    @property
+    def lazy(self):
+        """True for a lazy clone (pages fetched on first touch)."""
         self._check_open()
-        return self._stats.get("lost_pages", 0)
+        return bool(self._lazy)
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         self._check_readable()
@@ -165,9 +191,19 @@ cdef class Mapping:
         self._writable = bool(prot & c_PROT_WRITE)
 
     def populate(self):
-        """Make every page hold the source's bytes now.  Eager clones already
-        do: nothing to fetch."""
+        """Make every page hold the source's bytes now (lazy clones: fetch
+        the rest, GIL released, Ctrl-C honoured between chunks; OSError if
+        the source took pages away).  Eager clones already do."""
         self._check_open()
+        for lz in self._lazy:
+            (<Lazy>lz).populate()
+
+    def prefetch(self):
+        """Lazy clones: let the server fetch the rest in the background while
+        faults are still served first.  Eager clones: nothing to do."""
+        self._check_open()
+        for lz in self._lazy:
+            (<Lazy>lz).prefetch()
 
     def close(self):
         """Unmap.  Idempotent; BufferError while a memoryview is alive."""
@@ -178,10 +214,15 @@ cdef class Mapping:
             raise BufferError(
                 f"cannot close mapping: {self._exports} buffer export(s) alive; "
                 "release memoryviews (and numpy arrays) over it first")
-        with nogil:
-            r = munmap(self._base, self._maplen)
-            err = errno
         self._open = False
+        try:
+            for lz in self._lazy:           # unregister and stop serving first
+                (<Lazy>lz).close()
+        finally:
+            self._lazy = ()
+            with nogil:
+                r = munmap(self._base, self._maplen)
+                err = errno
         if r:
             raise os_error(err, "munmap", self._pid, <uintptr_t>self._base,
                            self._maplen)
@@ -192,6 +233,9 @@ cdef class Mapping:
         self._check_open()
         if self._exports:
             raise BufferError("cannot detach mapping: release memoryviews first")
+        if self._lazy:
+            raise BufferError("cannot detach a lazy clone: its pages are served "
+                              "through it; populate() and close(), or keep it")
         self._open = False
         return <uintptr_t>(self._base + self._offset)
 
@@ -205,19 +249,43 @@ cdef class Mapping:
     def __repr__(self):
         if not self._open:
             return f"<pvmmap.Mapping closed, pid {self._pid}, {self._length} bytes>"
+        progress = ""
+        if self._lazy:
+            st = self.stats
+            progress = f", lazy {st['pages_done']}/{st['pages_total']} pages present"
+            if st["lost_pages"]:
+                progress += f", {st['lost_pages']} lost"
         return (f"<pvmmap.Mapping pid {self._pid} "
                 f"{self._source_address:#x}+{self._length:#x} -> "
                 f"{<uintptr_t>(self._base + self._offset):#x}, "
-                f"kind {self._kind}, method {self._method}, prot {_prot_str(self._prot)}>")
+                f"kind {self._kind}, method {self._method}, prot {_prot_str(self._prot)}"
+                f"{progress}>")
+
+    def _forget_after_fork(self):
+        """In a fork()ed child: a lazy clone's memory was not inherited
+        (MADV_DONTFORK) and no server runs here; close without unmapping."""
+        for lz in self._lazy:
+            (<Lazy>lz).forget()
+        self._lazy = ()
+        self._open = False
+        self._forked = True
 
     def __del__(self):
         if self._open:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            for lz in self._lazy:
+                (<Lazy>lz).close()
+            self._lazy = ()
             munmap(self._base, self._maplen)
             self._open = False
 
     def __dealloc__(self):
+        # (Lazy pieces close themselves in their own dealloc, first: the
+        # server lets go of the range before it is unmapped.)
         if self._open:
+            for lz in self._lazy:
+                pvmmap_lazy_close((<Lazy>lz)._lz)
+                (<Lazy>lz)._lz = NULL
             munmap(self._base, self._maplen)
 
 
@@ -229,9 +297,20 @@ def _prot_str(prot):
            ("x" if prot & c_PROT_EXEC else "-")
 
 
+_lazy_mappings = weakref.WeakSet()
+
+
+def _forget_lazy_in_child():
+    for m in list(_lazy_mappings):
+        m._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_lazy_in_child)
+
+
 def make_mapping(uintptr_t base, size_t maplen, size_t offset, Py_ssize_t length, *,
                  pid, source_address, method, kind, int prot, tuple parts,
-                 dict stats):
+                 dict stats, tuple lazy=()):
     """Wrap memory we own ([base, base+maplen), page-aligned) as a Mapping
     whose bytes start at base+offset."""
     cdef Mapping m = Mapping.__new__(Mapping)
@@ -248,5 +327,8 @@ def make_mapping(uintptr_t base, size_t maplen, size_t offset, Py_ssize_t length
     m._prot = prot
     m._parts = parts
     m._stats = stats
+    m._lazy = lazy
     m._open = True
+    if lazy:
+        _lazy_mappings.add(m)
     return m

@@ -3,8 +3,9 @@
 errno to OSError, and the Mapping type.  Policy lives in the Python modules.
 
 The C declarations are in _cpvmmap.pxd.  The binding grows by include files
-under this one extension: _calls.pxi (raw calls, scan, copy, freeze) and
-_mapping.pxi (the Mapping type)."""
+under this one extension: _calls.pxi (raw calls, scan, copy, freeze),
+_lazy.pxi (lazy pieces over the C fault server) and _mapping.pxi (the
+Mapping type)."""
 
 from cpython.buffer cimport PyBuffer_FillInfo, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -18,6 +19,7 @@ from pvmmap._cpvmmap cimport *
 
 import os
 import warnings
+import weakref
 
 from pvmmap._errors import os_error
 
@@ -42,4 +44,5 @@ MAP_NORESERVE = c_MAP_NORESERVE
 MAP_FIXED_NOREPLACE = c_MAP_FIXED_NOREPLACE
 
 include "_calls.pxi"
+include "_lazy.pxi"
 include "_mapping.pxi"

@@ -1,0 +1,67 @@
+"""Lazy clones (method="lazy"): private anonymous pieces become anonymous
+memory registered with userfaultfd, filled on first touch by the C fault
+server (csrc/uffd.c), which reads the source through the /proc/PID/mem and
+pagemap fds opened at clone time.  Those fds pin the source's mm, so an
+exec or a recycled pid can never hand out another image's bytes: pages not
+yet fetched when the source exits, execs or unmaps the range are poisoned
+(SIGBUS on touch) and counted in Mapping.lost, never silent zeros.
+
+Shared pieces are shared as with method="auto" (zero copy already); private
+file pieces map the file and copy the source's privately modified pages at
+the call, as the eager `file` strategy does (the one part of a lazy clone
+that reads data at the call: a scan of that VMA, usually a library's few
+pages).  A lazy clone is MADV_DONTFORK: a fork()ed child has no copy of it
+and its Mapping reports itself closed there.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pvmmap import _native
+from pvmmap._contract import Piece
+
+RW = _native.PROT_READ | _native.PROT_WRITE
+
+#: Bytes fetched per fault unless clone(readahead=) says otherwise.  64 KiB:
+#: measured here (benchmarks/UFFD.md), a 1 GiB sequential touch takes about
+#: the time of an eager copy at 64 KiB and above, while a random 4 KiB
+#: touch still costs tens of microseconds, not the milliseconds of 2 MiB.
+READAHEAD_DEFAULT: int = _native.LAZY_READAHEAD_DEFAULT
+
+
+def check_readahead(readahead: int) -> int:
+    """The read-ahead in bytes, validated (ValueError otherwise)."""
+    page = _native.PAGESIZE
+    if not isinstance(readahead, int) or readahead < page or \
+            readahead > _native.LAZY_READAHEAD_MAX or readahead % page:
+        raise ValueError(f"readahead={readahead!r}: a multiple of {page} from "
+                         f"{page} to {_native.LAZY_READAHEAD_MAX} bytes")
+    return readahead
+
+
+class SourceFds:
+    """The source's mem, pagemap and maps fds a lazy clone is served from
+    (the server dups what it keeps)."""
+
+    def __init__(self, pid: int, mem_fd: int, pagemap_fd: int) -> None:
+        self.mem_fd, self.pagemap_fd = mem_fd, pagemap_fd
+        self.maps_fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.maps_fd)
+
+
+def place(pid: int, piece: Piece, daddr: int, fds: SourceFds,
+          readahead: int) -> _native.Lazy:
+    """Map a private anonymous piece at daddr (inside the reservation) and
+    hand it to the fault server; nothing is read now."""
+    r = piece.region
+    _native.mmap_raw(daddr, piece.length, RW,
+                     _native.MAP_PRIVATE | _native.MAP_ANONYMOUS | _native.MAP_FIXED
+                     | _native.MAP_NORESERVE, -1, 0, "mapping anonymous", pid)
+    lazy = _native.Lazy(pid, fds.mem_fd, fds.pagemap_fd, fds.maps_fd, piece.start,
+                        daddr, piece.length, readahead)
+    if r.prot != RW:
+        _native.mprotect_raw(daddr, piece.length, r.prot)
+    return lazy
