@@ -301,6 +301,15 @@ def test_clone_writes_the_bytes_to_a_file(src, tmp_path):
     assert "private-anon" in done.stdout and "copy" in done.stdout
 
 
+def test_lazy_clone_to_a_file_is_populated_first(src, tmp_path):
+    out = tmp_path / "a.bin"
+    done = run("clone", str(src.pid), f"{src.addr['a']:#x}", "16K", "--method", "lazy",
+               "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == src.expected("a")
+    assert "lazy" in done.stdout
+
+
 def test_clone_by_region_name_takes_the_whole_region(src, tmp_path):
     out = tmp_path / "f.bin"
     done = run("clone", str(src.pid), src.file_path, "-o", str(out))
@@ -434,8 +443,6 @@ def mistakes(pid):
                               "-o FILE"),
         "bad page server": (["dump", pid, "d", "--page-server", "host"], 2,
                             "not HOST:PORT"),
-        "lazy": (["clone", pid, "[heap]", "--method", "lazy", "-o", os.devnull],
-                 1, "method='lazy'"),
         "no such process": (["maps", str(NO_SUCH_PID)], 1, "No such process"),
         "pid 0": (["check", "0", "0x10000:4096"], 1, "Invalid argument"),
         "unwritable output": (["clone", pid, "[heap]", "-o", "/nonexistent/x"], 1,

@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
             seconds = time.perf_counter() - t0
             if not m.prot & _native.PROT_READ:
                 m.mprotect(m.prot | _native.PROT_READ)   # PROT_NONE, write-only
+            # write(2) is a kernel access: with a user-mode-only userfaultfd
+            # it would get EFAULT for pages of a lazy clone not yet fetched.
+            m.populate()
             with memoryview(m) as view:
                 if out is not None:
                     out.write(view)
