@@ -64,9 +64,10 @@ def check_args(pid: int, src: int, length: int, flags: int) -> Tuple[int, int]:
     return start, end
 
 
-def check_process(pid: int, start: int, length: int) -> int:
+def check_process(pid: int, start: Optional[int], length: Optional[int]) -> int:
     """ESRCH / EINVAL (kernel thread) / EPERM, in that order.  Returns an open
-    /proc/PID/mem fd: opening it is the ptrace-attach permission check."""
+    /proc/PID/mem fd: opening it is the ptrace-attach permission check.
+    start/length: the range for messages (None for a whole process)."""
     st = _maps.read_stat(pid)
     if st is None:
         raise os_error(errno.ESRCH, "looking up the source", pid, start, length)
