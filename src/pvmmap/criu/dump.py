@@ -518,7 +518,8 @@ def _stat_fields(pid: int) -> List[int]:
     with open(f"/proc/{pid}/stat", "rb") as f:
         line = f.read()
     rest = line[line.rfind(b")") + 2:].split()
-    return [0, 0, 0] + [int(x) if x.lstrip(b"-").isdigit() else 0 for x in rest[1:]]
+    # 1-based as proc(5) numbers them: [3] is the state (0 here), [4] the ppid
+    return [0, 0, 0] + [int(x) if x.lstrip(b"-").isdigit() else 0 for x in rest]
 
 
 def _mm(pid: int, plan: _Plan) -> images.Mm:
@@ -527,6 +528,8 @@ def _mm(pid: int, plan: _Plan) -> images.Mm:
     with open(f"/proc/{pid}/auxv", "rb") as fa:
         raw = fa.read()
     auxv = list(struct.unpack(f"<{len(raw) // 8}Q", raw[:len(raw) // 8 * 8]))
+    while auxv[-2:] == [0, 0]:      # CRIU 4.1.1 keeps no AT_NULL pair
+        del auxv[-2:]
     heap = [v for v in plan.vmas if v.status & VMA_AREA_HEAP]
     thp_disabled = False
     with open(f"/proc/{pid}/status") as fs:
