@@ -36,8 +36,7 @@ hugetlb, VM_IO/VM_PFNMAP and userfaultfd-registered VMAs are refused with
 the errno clone() gives.
 
 The pages are read with process_vm_readv into a small reused buffer and
-written out (csrc/dump.c), on two threads for large dumps, each writing its
-own part of the pages file.  Every image is written under a temporary name
+written out (csrc/dump.c).  Every image is written under a temporary name
 and renamed when complete; on failure everything this dump wrote is removed.
 """
 
@@ -45,11 +44,8 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
 import socket
-import stat
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -83,8 +79,7 @@ PS_TYPE_PID, PS_TYPE_SHMEM = 1, 2
 _PS_IOV = struct.Struct("<IIQQ")
 
 BUFFER = 256 << 10          # the hot buffer: 256 KiB beat 1 MiB and 8 MiB here
-UNIT = 32 << 20             # bytes of the pages file a thread writes at a time
-TWO_THREADS_FROM = 64 << 20
+UNIT = 32 << 20             # bytes between two progress() calls
 PS_CHUNK = 64 << 20         # progress granularity on a page-server stream
 ANSWER_TIMEOUT = 60.0       # seconds the page server may take to answer
 
@@ -583,9 +578,9 @@ def _write_pages_here(w: _Writer, pid: int, mem_fd: int, plan: _Plan,
     w.put(f"pagemap-{pid}.img", images.encode_pagemap(
         pages_id, [(s, (e - s) // PAGE, PE_PRESENT) for s, e in plan.private]))
     stage[0] = f"writing pages-{pages_id}.img"
-    fd, tmp = w.create(f"pages-{pages_id}.img")
+    fd, _ = w.create(f"pages-{pages_id}.img")
     try:
-        _copy_private(pid, mem_fd, plan.private, fd, tmp, stats, done)
+        _copy_private(pid, mem_fd, plan.private, fd, stats, done)
     finally:
         os.close(fd)
 
@@ -636,81 +631,17 @@ def _units(ranges: Sequence[Tuple[int, int]]) -> List[Tuple[int, List[Tuple[int,
 
 
 def _copy_private(pid: int, mem_fd: int, ranges: Sequence[Tuple[int, int]], fd: int,
-                  path: str, stats: Dict[str, int], done: _Done) -> None:
-    """The private pages, in pagemap order, to the pages file at `path`
-    (open as fd): two threads for large dumps, each writing its units at
-    their offsets through an fd of its own."""
-    units = _units(ranges)
-    total = sum(e - s for s, e in ranges)
-    if total < TWO_THREADS_FROM:
-        buf = bytearray(BUFFER)
-        for _, unit in units:
-            _native.dump_pages(pid, unit, fd, buf, mem_fd=mem_fd, stats=stats)
-            done.add(sum(e - s for s, e in unit))
-        return
-    work: "queue.Queue[Optional[Tuple[int, List[Tuple[int, int]]]]]" = queue.Queue()
-    for u in units:
-        work.put(u)
-    results: "queue.Queue[Tuple[int, Optional[BaseException]]]" = queue.Queue()
-    stop = threading.Event()
-    nthreads = 2
+                  stats: Dict[str, int], done: _Done) -> None:
+    """The private pages, in pagemap order, to the pages file (open as fd),
+    a unit at a time so that progress is reported between units.
 
-    def worker() -> None:
-        own_stats: Dict[str, int] = {}
-        buf = bytearray(BUFFER)
-        try:
-            wfd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as e:
-            results.put((0, e))
-            return
-        try:
-            while not stop.is_set():
-                try:
-                    item = work.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    break
-                offset, unit = item
-                os.lseek(wfd, offset, os.SEEK_SET)
-                try:
-                    _native.dump_pages(pid, unit, wfd, buf, mem_fd=mem_fd, stats=own_stats)
-                except BaseException as e:
-                    results.put((0, e))
-                    return
-                results.put((sum(e - s for s, e in unit), None))
-        finally:
-            os.close(wfd)
-            with lock:
-                for k, v in own_stats.items():
-                    stats[k] = stats.get(k, 0) + v
-            results.put((-1, None))         # this worker is done
-
-    lock = threading.Lock()
-    threads = [threading.Thread(target=worker, name=f"pvmmap-dump-{i}", daemon=True)
-               for i in range(nthreads)]
-    for t in threads:
-        t.start()
-    error: Optional[BaseException] = None
-    running = nthreads
-    try:
-        while running:
-            n, exc = results.get()
-            if n == -1:
-                running -= 1
-            elif exc is not None:
-                if error is None:
-                    error = exc
-                stop.set()
-            else:
-                done.add(n)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    if error is not None:
-        raise error
-    stats["threads"] = nthreads
+    One thread: two threads writing their own parts of the file through
+    fds of their own were slower on tmpfs (its writes take the inode lock)
+    and within the noise on ext4 (RESULTS.md, "CRIU dump")."""
+    buf = bytearray(BUFFER)
+    for _, unit in _units(ranges):
+        _native.dump_pages(pid, unit, fd, buf, mem_fd=mem_fd, stats=stats)
+        done.add(sum(e - s for s, e in unit))
 
 
 # ---- CRIU's page server --------------------------------------------------------
