@@ -233,5 +233,33 @@ void pvmmap_lazy_stats(const struct pvmmap_lazy *lz, struct pvmmap_lazy_stats *s
  * to block at once, -1 to busy-poll always.  Process-wide.  Returns the
  * previous setting. */
 long pvmmap_lazy_set_spin(long usec);
+/* ---- dump.c: streaming pages to a file or socket (CRIU dumps) ---- */
+
+struct pvmmap_dump_stats {
+    uint64_t bytes_readv;   /* bytes that came through process_vm_readv */
+    uint64_t bytes_mem;     /* bytes that came through /proc/PID/mem */
+    uint64_t calls;         /* read syscalls issued */
+    uint64_t bytes_out;     /* bytes written to out_fd, headers included */
+};
+
+/* CRIU's page-server header put before each range (struct page_server_iov:
+ * cmd, nr_pages, vaddr = range start - shift, dst_id). */
+struct pvmmap_ps_header {
+    uint32_t cmd;
+    uint64_t dst_id;
+    uint64_t shift;
+};
+
+/* Read the page-aligned ranges r[0..n) of `pid` in order into `buf`
+ * (buf_size bytes, at least a page and a header; reused, so it stays in
+ * cache) and write them to out_fd, with `ps`'s header before each range (or
+ * before each 4 GiB of one) unless ps is NULL.  process_vm_readv first,
+ * `mem_fd` (/proc/PID/mem, or -1) where it stops short.  Adds to *st.
+ * Returns 0, or -1 with errno (EFAULT: a page neither path could read;
+ * the write's errno for the output).  What was written stays written. */
+int pvmmap_dump_pages(pid_t pid, int mem_fd, const struct pvmmap_range *r,
+                      size_t n, int out_fd, void *buf, size_t buf_size,
+                      const struct pvmmap_ps_header *ps,
+                      struct pvmmap_dump_stats *st);
 
 #endif /* PVMMAP_H */

@@ -20,11 +20,14 @@ from pvmmap._errors import BACKENDS, METHODS
 from pvmmap._features import Features, active_backend, features
 from pvmmap._maps import KINDS, Region
 from pvmmap._native import Mapping
+from pvmmap import criu
+from pvmmap.criu import dump
 
 __all__ = [
     "clone", "process_vm_mmap", "sys_process_vm_mmap", "munmap", "maps",
     "features", "Features", "Mapping", "Part", "Region", "KINDS",
     "PVMMAP_FIXED", "PVMMAP_FIXED_NOREPLACE", "BACKENDS", "METHODS", "backend",
+    "dump", "criu",
 ]
 __version__ = "0.1.0"
 

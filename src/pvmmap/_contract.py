@@ -130,9 +130,10 @@ def check_alive(pid: int, start: Optional[int] = None,
                        length)
 
 
-def check_process(pid: int, start: int, length: int) -> int:
+def check_process(pid: int, start: Optional[int], length: Optional[int]) -> int:
     """ESRCH / EINVAL (kernel thread) / EPERM, in that order.  Returns an open
-    /proc/PID/mem fd: opening it is the ptrace-attach permission check."""
+    /proc/PID/mem fd: opening it is the ptrace-attach permission check.
+    start/length: the range for messages (None for a whole process)."""
     check_alive(pid, start, length)
     try:
         return os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)

@@ -1,6 +1,6 @@
 # The C API of pvmmap's core (csrc/pvmmap.h), declared once for Cython, and
 # the few libc calls the binding makes itself.
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from posix.types cimport off_t, pid_t
 
 
@@ -105,3 +105,16 @@ cdef extern from "pvmmap.h" nogil:
     int pvmmap_lazy_close(pvmmap_lazy *lz)
     void pvmmap_lazy_stats(const pvmmap_lazy *lz, lazy_stats *st)
     long pvmmap_lazy_set_spin(long usec)
+    # dump.c: streaming pages to a file or socket (CRIU dumps)
+    struct pvmmap_dump_stats:
+        uint64_t bytes_readv
+        uint64_t bytes_mem
+        uint64_t calls
+        uint64_t bytes_out
+    struct pvmmap_ps_header:
+        uint32_t cmd
+        uint64_t dst_id
+        uint64_t shift
+    int pvmmap_dump_pages(pid_t pid, int mem_fd, const pvmmap_range *r, size_t n,
+                          int out_fd, void *buf, size_t buf_size,
+                          const pvmmap_ps_header *ps, pvmmap_dump_stats *st)

@@ -118,3 +118,7 @@ def make_mapping(base: int, maplen: int, offset: int, length: int, *, pid: int,
                  source_address: int, method: str, kind: str, prot: int,
                  parts: Tuple[Part, ...], stats: Dict[str, object],
                  lazy: Tuple[object, ...] = ...) -> Mapping: ...
+
+def dump_pages(pid: int, ranges: Sequence[Tuple[int, int]], out_fd: int, buf: Any, *,
+               mem_fd: int = ..., ps_header: Optional[Tuple[int, int, int]] = ...,
+               stats: Optional[Dict[str, int]] = ...) -> None: ...

@@ -4,10 +4,11 @@ errno to OSError, and the Mapping type.  Policy lives in the Python modules.
 
 The C declarations are in _cpvmmap.pxd.  The binding grows by include files
 under this one extension: _calls.pxi (raw calls, scan, copy, freeze),
-_lazy.pxi (lazy pieces over the C fault server) and _mapping.pxi (the
-Mapping type)."""
+_lazy.pxi (lazy pieces over the C fault server), _mapping.pxi (the
+Mapping type) and _dump.pxi (pages to a file or socket)."""
 
-from cpython.buffer cimport PyBuffer_FillInfo, PyBUF_WRITABLE
+from cpython.buffer cimport (PyBuffer_FillInfo, PyBuffer_Release, PyBUF_WRITABLE,
+                             PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno
 from libc.stdint cimport uint64_t, uintptr_t
@@ -46,3 +47,4 @@ MAP_FIXED_NOREPLACE = c_MAP_FIXED_NOREPLACE
 include "_calls.pxi"
 include "_lazy.pxi"
 include "_mapping.pxi"
+include "_dump.pxi"

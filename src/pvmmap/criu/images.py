@@ -64,8 +64,8 @@ Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 __all__ = [
     "ImageError", "PAGE_SIZE", "Vma", "Mm", "PageRun", "Pagemap", "Dump",
-    "read_dump", "decode_image", "encode_image", "encode_mm", "write_pagemap",
-    "write_dump", "check_pagemap", "KINDS",
+    "read_dump", "decode_image", "encode_image", "encode_mm", "encode_pagemap",
+    "write_pagemap", "write_dump", "check_pagemap", "KINDS",
 ]
 
 PAGE_SIZE = mmap.PAGESIZE   # CRIU writes host pages; a dump is read on its own arch
@@ -893,6 +893,36 @@ def _varint_bytes(v: int) -> bytes:
 _SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
 
 
+def _flag_field(flags: int) -> bytes:
+    return b"\x20" + _varint_bytes(flags) + b"\x28"
+
+
+def _pagemap_entry_bytes(vaddr: int, nr: int, flag_field: bytes) -> bytes:
+    """One framed pagemap_entry.  Fields 1, 2, 4, 5: nr_pages in both field
+    2 (CRIU <= 4.1, crit 3.17) and field 5 (CRIU >= 4.2)."""
+    nrb = _varint_bytes(nr)
+    body = b"\x08" + _varint_bytes(vaddr) + b"\x10" + nrb + flag_field + nrb
+    return _U32.pack(len(body)) + body
+
+
+def encode_pagemap(pages_id: int, entries: Iterable[Tuple[int, int, int]]) -> bytes:
+    """The bytes of a pagemap image: the head with *pages_id*, then one
+    entry per (vaddr, nr_pages, flags), written as write_pagemap writes them
+    (the count in fields 2 and 5).  For writers that put the pages in the
+    pages file themselves."""
+    out = [_image_header(KINDS["pagemap"]),
+           _entry_bytes(_PAGEMAP_HEAD, {"pages_id": pages_id})]
+    fields: Dict[int, bytes] = {}
+    for vaddr, nr, flags in entries:
+        if nr <= 0 or nr > 0xFFFFFFFF:
+            raise ValueError(f"entry at {vaddr:#x}: {nr} pages (1 to 2^32-1)")
+        ff = fields.get(flags)
+        if ff is None:
+            ff = fields[flags] = _flag_field(flags)
+        out.append(_pagemap_entry_bytes(vaddr, nr, ff))
+    return b"".join(out)
+
+
 def write_pagemap(pagemap_file: BinaryIO, pages_file: BinaryIO, pages_id: int,
                   runs: Iterable[Tuple[int, Any]], *,
                   within: Optional[Iterable[Tuple[int, int]]] = None,
@@ -913,8 +943,7 @@ def write_pagemap(pagemap_file: BinaryIO, pages_file: BinaryIO, pages_id: int,
     pagemap_file.write(_image_header(KINDS["pagemap"]) + _entry_bytes(
         _PAGEMAP_HEAD, {"pages_id": pages_id}))
     present = bool(flags & PE_PRESENT)
-    flag_field = b"\x20" + _varint_bytes(flags) + b"\x28"
-    pack = _U32.pack
+    flag_field = _flag_field(flags)
     out: List[PageRun] = []
     append = out.append
     offset = 0
@@ -934,12 +963,7 @@ def write_pagemap(pagemap_file: BinaryIO, pages_file: BinaryIO, pages_id: int,
         if inside is not None and not inside.holds(vaddr, vaddr + size):
             raise ValueError(f"run [{vaddr:#x}, {vaddr + size:#x}) is outside every VMA")
         prev_end = vaddr + size
-        # Fields 1, 2, 4, 5: nr_pages in both field 2 (CRIU <= 4.1, crit
-        # 3.17) and field 5 (CRIU >= 4.2).
-        nrb = _varint_bytes(nr)
-        body = b"\x08" + _varint_bytes(vaddr) + b"\x10" + nrb + flag_field + nrb
-        pending.append(pack(len(body)))
-        pending.append(body)
+        pending.append(_pagemap_entry_bytes(vaddr, nr, flag_field))
         if len(pending) >= 8192:
             pagemap_file.write(b"".join(pending))
             pending.clear()
