@@ -1,12 +1,13 @@
-"""`pvmmap dump PID DIR`: the process's memory as CRIU images, with a
-progress bar on a terminal (pvmmap.dump, from the checkpoint/restore work)."""
+"""`pvmmap dump PID DIR`: the process's memory as CRIU images (pvmmap.dump),
+with a progress bar on a terminal."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
-import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import pvmmap
 from pvmmap.cli._common import print_json
@@ -44,11 +45,6 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    dump: Optional[Callable[..., Any]] = getattr(pvmmap, "dump", None)
-    if dump is None:
-        print("pvmmap dump: not in this version of pvmmap: dump (CRIU memory "
-              "images) arrives with the checkpoint/restore work", file=sys.stderr)
-        return 1
     show = not args.quiet and not args.json and sys.stderr.isatty()
     progress = Progress() if show else None
     seen = [0, 0]
@@ -58,21 +54,32 @@ def run(args: argparse.Namespace) -> int:
         if progress is not None:
             progress(done, total)
 
-    t0 = time.perf_counter()
+    server = None
+    if args.page_server:
+        host, port = args.page_server
+        server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    made = not os.path.exists(args.directory)
+    if made:
+        os.makedirs(args.directory)         # as `mkdir -p` would; undone on failure
     try:
-        result = dump(args.pid, args.directory, freeze=args.freeze,
-                      page_server=args.page_server, progress=track)
+        result = pvmmap.dump(args.pid, args.directory, freeze=args.freeze,
+                             page_server=server, progress=track)
+    except BaseException:
+        if made:
+            try:
+                os.rmdir(args.directory)    # dump removed what it wrote
+            except OSError:
+                pass
+        raise
     finally:
         if progress is not None:
             progress.close()
-    seconds = time.perf_counter() - t0
-    where = (f"page server {args.page_server[0]}:{args.page_server[1]}"
-             if args.page_server else args.directory)
+    where = f"page server {server}" if server else args.directory
     if args.json:
-        print_json({"pid": args.pid, "directory": args.directory,
-                    "page_server": args.page_server, "freeze": args.freeze,
-                    "bytes": seen[0], "seconds": seconds, "result": result})
+        fields = (dataclasses.asdict(result) if dataclasses.is_dataclass(result)
+                  else {"result": result})
+        print_json({"freeze": args.freeze, **fields})
     elif not args.quiet:
-        print(f"pid {args.pid}: {seen[0]} bytes of memory to {where} in "
-              f"{seconds:.2f} s")
+        print(f"pid {args.pid}: {result.pages} pages ({result.bytes} bytes) to "
+              f"{where} in {result.seconds:.2f} s")
     return 0
