@@ -152,18 +152,18 @@ int pvmmap_uffd_probe(void)
 
 #define WORD_BITS 64
 #define SCAN_MAX_PAGES 512      /* pages per PAGEMAP_SCAN: see classify_scan */
+/* Step sizes (bytes; overridable at build time for the bench's A/B runs). */
 #ifndef PREFETCH_CHUNK
-#define PREFETCH_CHUNK ((size_t)256 << 10)
+#define PREFETCH_CHUNK ((size_t)256 << 10)  /* a background prefetch step */
 #endif
-#define FILL_CHUNK ((size_t)1 << 20)
+#define FILL_CHUNK ((size_t)1 << 20)        /* a fill() step */
 #ifndef SERVE_PIECE
-#define SERVE_PIECE ((size_t)64 << 10)  /* bytes fetched+installed at a time */
+#define SERVE_PIECE ((size_t)64 << 10)      /* the first run of a span */
 #endif
 #define MSG_BATCH 16
 
 #define PM_PRESENT (1ULL << 63)
 #define PM_SWAPPED (1ULL << 62)
-#define PM_SOFT_DIRTY (1ULL << 55)
 
 enum seg_kind { SEG_DATA, SEG_HOLE, SEG_UNMAPPED, SEG_UNKNOWN };
 
@@ -187,6 +187,7 @@ struct stage {
 
 struct pvmmap_lazy {
     pid_t pid;
+    pid_t owner;                /* the process that started it */
     int uffd, mem_fd, pagemap_fd, maps_fd;
     int flags;
     atomic_int how;             /* PVMMAP_LAZY_HOW_* in use */
@@ -610,6 +611,8 @@ static int classify_read(struct pvmmap_lazy *lz, struct stage *st,
     int unknown = 0;
     for (size_t i = 0; i < n; i++) {
         uint64_t v = st->pm[i];
+        /* no VMA reads as exactly 0; inside one, usually the soft-dirty
+         * bit alone (any bit proves the VMA) */
         int kind = (v & (PM_PRESENT | PM_SWAPPED)) ? SEG_DATA
                  : v ? SEG_HOLE : SEG_UNKNOWN;
         unknown |= kind == SEG_UNKNOWN;
@@ -1079,6 +1082,7 @@ struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
         return NULL;
     lz->uffd = lz->mem_fd = lz->pagemap_fd = lz->maps_fd = -1;
     lz->pid = pid;
+    lz->owner = getpid();
     lz->flags = flags;
     lz->src = src;
     lz->dst = dst;
@@ -1151,6 +1155,10 @@ int pvmmap_lazy_fill(struct pvmmap_lazy *lz, size_t max_bytes, size_t *remaining
     size_t chunk = FILL_CHUNK / lz->ps, taken = 0;
     int err = 0;
 
+    if (lz->owner != getpid()) {
+        errno = EBADF;          /* a forked child's copy of the parent's */
+        return -1;
+    }
     if (stage_init(&lz->fill_stage, chunk) < 0)
         return -1;
     size_t words = (lz->pages + WORD_BITS - 1) / WORD_BITS;
@@ -1205,6 +1213,10 @@ int pvmmap_lazy_fill(struct pvmmap_lazy *lz, size_t max_bytes, size_t *remaining
 /* Returns 0 (the server will complete the mapping when idle), or -1. */
 int pvmmap_lazy_prefetch(struct pvmmap_lazy *lz)
 {
+    if (lz->owner != getpid()) {
+        errno = EBADF;
+        return -1;
+    }
     server_request(CTL_PREFETCH, lz);
     return 0;
 }
@@ -1215,6 +1227,16 @@ int pvmmap_lazy_close(struct pvmmap_lazy *lz)
     int err = 0;
     if (!lz)
         return 0;
+    if (lz->owner != getpid()) {
+        /*
+         * A forked child closing its copy of the parent's mapping: the
+         * epoll instance is shared with the parent, and the uffd acts on
+         * the parent's mm (UFFDIO_UNREGISTER here would unregister the
+         * parent's range).  Only drop this process's fds and memory.
+         */
+        lazy_free(lz);
+        return 0;
+    }
     epoll_ctl(srv.epfd, EPOLL_CTL_DEL, lz->uffd, NULL);
     /* After this the server holds no pointer to lz: see server_main. */
     server_request(CTL_REMOVE, lz);

@@ -540,6 +540,12 @@ static void t_fork_server(void)
     pid_t c = fork();
     if (c == 0) {
         alarm(20);
+        /* the parent's mapping: refused, then closed without touching it */
+        size_t rem;
+        if (pvmmap_lazy_fill(lz, ps, &rem) != -1 || errno != EBADF)
+            _exit(2);
+        if (pvmmap_lazy_close(lz) != 0)
+            _exit(3);
         char *d = fresh(NP);
         struct pvmmap_lazy *l = lazy(&s, d, 0, 0);
         int ok = l && bad_pages(d, 0, NP, s.seed) == 0;
