@@ -269,6 +269,8 @@ static int copy_span_uffd(struct copy_job *job, char *stage, uint64_t off,
     return 0;
 }
 
+/* A worker: takes COPY_UNIT spans until none is left or one failed (the
+ * first errno is kept in job->error). */
 static void *copy_worker(void *arg)
 {
     struct copy_job *job = arg;

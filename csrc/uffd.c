@@ -246,6 +246,7 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* Release a stage's buffers (safe on a zeroed one). */
 static void stage_free(struct stage *st)
 {
     if (st->buf)
@@ -285,12 +286,14 @@ static int stage_init(struct stage *st, size_t pages)
     return 0;
 }
 
+/* Returns bit i of map (acquire: what was installed before it is seen). */
 static int bit_test(_Atomic uint64_t *map, size_t i)
 {
     return (atomic_load_explicit(&map[i / WORD_BITS], memory_order_acquire)
             >> (i % WORD_BITS)) & 1;
 }
 
+/* Set bits [first, first+n) of map, a word at a time. */
 static void bits_set(_Atomic uint64_t *map, size_t first, size_t n)
 {
     for (size_t i = first; i < first + n;) {
@@ -417,6 +420,7 @@ static int source_alive(struct pvmmap_lazy *lz)
  *     page into it).  (uffd_bench, "lookup" rows.)
  */
 
+/* Append [s, e) of `kind` to st->seg, merging with a like neighbour. */
 static void seg_add(struct stage *st, uintptr_t s, uintptr_t e, int kind)
 {
     if (st->nseg && st->seg[st->nseg - 1].end == s
@@ -864,6 +868,8 @@ static int prefetch_step(struct pvmmap_lazy *lz)
     return 0;
 }
 
+/* Server thread: take the queued requests (add to / drop from the
+ * prefetch list) and acknowledge them all. */
 static void handle_ctl(void)
 {
     uint64_t v;
@@ -953,11 +959,13 @@ static void srv_prefork(void)
     pthread_mutex_lock(&srv.lock);
 }
 
+/* Both sides of the fork: let go of srv.lock. */
 static void srv_postfork(void)
 {
     pthread_mutex_unlock(&srv.lock);
 }
 
+/* Register the fork handlers (once per process image). */
 static void srv_atfork_once(void)
 {
     pthread_atfork(srv_prefork, srv_postfork, srv_postfork);
@@ -1041,6 +1049,7 @@ static void server_request(int op, struct pvmmap_lazy *lz)
 
 /* ---- the public API ---- */
 
+/* Close lz's fds and free it (the destination is the caller's). */
 static void lazy_free(struct pvmmap_lazy *lz)
 {
     if (lz->uffd >= 0)

@@ -742,6 +742,16 @@ static void t_unprivileged(void)
         char *dst = fresh(NP);
         struct pvmmap_lazy *lz = lazy(&s, dst, 0, 0);
         CHECK(lz != NULL, "lazy as 65534: %s", strerror(errno));
+        if (lz && unpriv == 0) {
+            /* user-mode-only: a kernel access to a missing page fails */
+            int p[2];
+            CHECK(pipe(p) == 0, "pipe");
+            errno = 0;
+            CHECK(write(p[1], dst + 5 * ps, 64) == -1 && errno == EFAULT,
+                  "write(2) from an unfetched page: errno %d", errno);
+            close(p[0]);
+            close(p[1]);
+        }
         if (lz) {
             CHECK(bad_pages(dst, 0, NP, s.seed) == 0, "lazy bytes as 65534");
             struct pvmmap_lazy_stats st;
