@@ -202,6 +202,9 @@ struct pvmmap_lazy_stats {
  * first use).  Constant time: nothing is read yet.  readahead: bytes
  * fetched per fault, the aligned window around it (0: the default; rounded
  * to pages, clipped to the max); sequential faults grow it (see above).
+ * The source is read as it is at fault time (no snapshot).  The destination
+ * must stay where it is until close (no mremap or partial munmap: no uffd
+ * events are asked for).
  * Returns the mapping, or NULL with errno.
  */
 struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
