@@ -202,6 +202,9 @@ struct pvmmap_lazy_stats {
  * first use).  Constant time: nothing is read yet.  readahead: bytes
  * fetched per fault, the aligned window around it (0: the default; rounded
  * to pages, clipped to the max); sequential faults grow it (see above).
+ * The source is read as it is at fault time (no snapshot).  The destination
+ * must stay where it is until close (no mremap or partial munmap: no uffd
+ * events are asked for).
  * Returns the mapping, or NULL with errno.
  */
 struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
@@ -212,18 +215,22 @@ struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
  * alongside the server.  *remaining (may be NULL) gets the bytes not yet
  * installed.  Returns 0, or -1 with errno once pages were lost (they are
  * poisoned first): ESRCH if the source exited or exec'd, EFAULT if part of
- * the range was unmapped.  Not concurrently with close() of the same lz. */
+ * the range was unmapped; EBADF in a forked child (the mapping is the
+ * parent's).  Not concurrently with close() of the same lz. */
 int pvmmap_lazy_fill(struct pvmmap_lazy *lz, size_t max_bytes, size_t *remaining);
 
 /* Ask the server to complete the mapping in the background, whenever no
- * fault is waiting (faults are always served first).  Returns 0. */
+ * fault is waiting (faults are always served first).  Returns 0, or -1
+ * with EBADF in a forked child. */
 int pvmmap_lazy_prefetch(struct pvmmap_lazy *lz);
 
 /* Stop serving lz: on return the server no longer touches it (other lazy
  * mappings are served throughout).  Unregisters, closes its fds, frees it.
  * The caller munmaps the destination afterwards; a page touched between
- * close and munmap reads as zero.  Returns 0, or -1 with errno if the
- * unregistering failed (lz is freed anyway). */
+ * close and munmap reads as zero.  In a forked child it only frees the
+ * child's copy (fds, memory) and leaves the parent's mapping served.
+ * Returns 0, or -1 with errno if the unregistering failed (lz is freed
+ * anyway). */
 int pvmmap_lazy_close(struct pvmmap_lazy *lz);
 
 /* Fill *st with lz's counters (lock-free; consistent enough to report). */

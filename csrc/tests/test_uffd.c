@@ -13,7 +13,6 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -326,22 +325,19 @@ struct toucher {
     size_t from, to;
     unsigned rnd;
     size_t bad;
-    atomic_int *stop;           /* loop until set, if not NULL */
 };
 
 static void *touch_thread(void *arg)
 {
     struct toucher *t = arg;
-    do {
-        size_t n = t->to - t->from;
-        for (size_t k = 0; k < n; k++) {
-            t->rnd = t->rnd * 1103515245u + 12345u;
-            size_t i = t->from + (t->rnd >> 8) % n;
-            const uint64_t *w = (const uint64_t *)(t->dst + i * ps);
-            uint64_t want = is_data(i) ? word(i, 5, t->seed) : 0;
-            t->bad += w[5] != want;
-        }
-    } while (t->stop && !atomic_load(t->stop));
+    size_t n = t->to - t->from;
+    for (size_t k = 0; k < n; k++) {
+        t->rnd = t->rnd * 1103515245u + 12345u;
+        size_t i = t->from + (t->rnd >> 8) % n;
+        const uint64_t *w = (const uint64_t *)(t->dst + i * ps);
+        uint64_t want = is_data(i) ? word(i, 5, t->seed) : 0;
+        t->bad += w[5] != want;
+    }
     return NULL;
 }
 
@@ -392,43 +388,48 @@ static void t_threads(void)
     source_end(&s);
 }
 
-/* close() of one mapping while threads keep faulting on others. */
+/* close() of one mapping while threads keep faulting on another. */
 static void t_close_while_faulting(void)
 {
     struct source s;
     CHECK(source_start(&s, 33) == 0, "source");
-    atomic_int stop = 0;
-    enum { ROUNDS = 20 };
-    char *db = fresh(NP);
-    struct pvmmap_lazy *b = lazy(&s, db, ps, 0);
-    CHECK(b != NULL, "start b");
-    pthread_t th[2];
-    struct toucher t[2];
-    /* b's pages are re-discarded by the main thread so faults never stop */
-    for (int i = 0; i < 2; i++) {
-        t[i] = (struct toucher){.dst = db, .seed = s.seed, .from = 0, .to = NP,
-                                .rnd = (unsigned)i + 3u, .stop = &stop};
-        pthread_create(&th[i], NULL, touch_thread, &t[i]);
-    }
+    enum { ROUNDS = 10 };
+    int overlapped = 0;
     for (int r = 0; r < ROUNDS; r++) {
-        char *da = fresh(NP);
-        struct pvmmap_lazy *a = lazy(&s, da, ps, 0);
-        CHECK(a != NULL, "start a");
-        if (!a)
+        char *da = fresh(NP), *db = fresh(NP);
+        struct pvmmap_lazy *a = lazy(&s, da, ps, PVMMAP_LAZY_FIXED_READAHEAD);
+        struct pvmmap_lazy *b = lazy(&s, db, ps, PVMMAP_LAZY_FIXED_READAHEAD);
+        CHECK(a && b, "start: %s", strerror(errno));
+        if (!a || !b)
             break;
-        /* fault some of a, then close it with b's faults in flight */
+        /* 2 threads fault b page by page (some 2048 faults, tens of ms) */
+        pthread_t th[2];
+        struct toucher t[2];
+        for (int i = 0; i < 2; i++) {
+            t[i] = (struct toucher){.dst = db, .seed = s.seed, .from = 0,
+                                    .to = NP, .rnd = (unsigned)(r * 2 + i) + 3u};
+            pthread_create(&th[i], NULL, touch_thread, &t[i]);
+        }
+        /* meanwhile fault some of a, then close it */
         size_t bad = bad_pages(da, (size_t)r * 50, (size_t)r * 50 + 64, s.seed);
         CHECK(bad == 0, "a round %d: %zu bad", r, bad);
+        struct pvmmap_lazy_stats before, after;
+        pvmmap_lazy_stats(b, &before);
         CHECK(pvmmap_lazy_close(a) == 0, "close a: %s", strerror(errno));
         munmap(da, NP * ps);
+        for (int i = 0; i < 2; i++) {
+            pthread_join(th[i], NULL);
+            CHECK(t[i].bad == 0, "b thread %d saw %zu bad words", i, t[i].bad);
+        }
+        pvmmap_lazy_stats(b, &after);
+        overlapped += before.pages_done < NP && after.faults > before.faults;
+        CHECK(bad_pages(db, 0, NP, s.seed) == 0, "b bytes, round %d", r);
+        pvmmap_lazy_close(b);
+        munmap(db, NP * ps);
     }
-    atomic_store(&stop, 1);
-    for (int i = 0; i < 2; i++) {
-        pthread_join(th[i], NULL);
-        CHECK(t[i].bad == 0, "b thread %d saw %zu bad words", i, t[i].bad);
-    }
-    pvmmap_lazy_close(b);
-    munmap(db, NP * ps);
+    /* the check is only meaningful if b was still faulting at a's close */
+    CHECK(overlapped >= ROUNDS / 2, "only %d of %d rounds overlapped", overlapped,
+          ROUNDS);
     source_end(&s);
 }
 
@@ -540,6 +541,12 @@ static void t_fork_server(void)
     pid_t c = fork();
     if (c == 0) {
         alarm(20);
+        /* the parent's mapping: refused, then closed without touching it */
+        size_t rem;
+        if (pvmmap_lazy_fill(lz, ps, &rem) != -1 || errno != EBADF)
+            _exit(2);
+        if (pvmmap_lazy_close(lz) != 0)
+            _exit(3);
         char *d = fresh(NP);
         struct pvmmap_lazy *l = lazy(&s, d, 0, 0);
         int ok = l && bad_pages(d, 0, NP, s.seed) == 0;
@@ -735,6 +742,16 @@ static void t_unprivileged(void)
         char *dst = fresh(NP);
         struct pvmmap_lazy *lz = lazy(&s, dst, 0, 0);
         CHECK(lz != NULL, "lazy as 65534: %s", strerror(errno));
+        if (lz && unpriv == 0) {
+            /* user-mode-only: a kernel access to a missing page fails */
+            int p[2];
+            CHECK(pipe(p) == 0, "pipe");
+            errno = 0;
+            CHECK(write(p[1], dst + 5 * ps, 64) == -1 && errno == EFAULT,
+                  "write(2) from an unfetched page: errno %d", errno);
+            close(p[0]);
+            close(p[1]);
+        }
         if (lz) {
             CHECK(bad_pages(dst, 0, NP, s.seed) == 0, "lazy bytes as 65534");
             struct pvmmap_lazy_stats st;
