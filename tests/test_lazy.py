@@ -77,6 +77,8 @@ def test_the_call_reads_nothing(source, clones):
     st = m.stats
     assert st["bytes_fetched"] == 0 and st["faults"] == 0 and st["pages_done"] == 0
     assert st["pages_total"] == size // PAGE
+    assert st["uffd"] == pvmmap.features().uffd
+    assert st["poison"] in ("UFFDIO_POISON", "SIGBUS mapping")
     assert m[:16] == page_bytes(4, 0)[:16]
     st = m.stats
     assert st["faults"] >= 1 and 0 < st["pages_done"] <= pvmmap._lazy.READAHEAD_DEFAULT // PAGE

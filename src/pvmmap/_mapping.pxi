@@ -112,6 +112,8 @@ cdef class Mapping:
                 if key == "how":
                     out["poison"] = ("UFFDIO_POISON" if value & PVMMAP_LAZY_HOW_POISON
                                      else "SIGBUS mapping")
+                    out["uffd"] = ("user-mode-only" if value & PVMMAP_LAZY_HOW_USER_ONLY
+                                   else "full")
                 else:
                     key = "lost_pages" if key == "pages_lost" else key
                     out[key] = out.get(key, 0) + value
