@@ -8,7 +8,8 @@ from setuptools import Extension, setup
 native = Extension(
     "pvmmap._native",
     sources=["src/pvmmap/_native.pyx", "csrc/syscall.c", "csrc/scan.c",
-             "csrc/copy.c", "csrc/freeze.c", "csrc/uffd.c", "csrc/dump.c"],
+             "csrc/maps.c", "csrc/copy.c", "csrc/freeze.c", "csrc/uffd.c",
+             "csrc/dump.c"],
     include_dirs=["csrc"],
     extra_compile_args=["-O2", "-std=gnu11", "-pthread"],
     extra_link_args=["-pthread"],

@@ -122,6 +122,25 @@ int pvmmap_freeze(pid_t pid, struct pvmmap_freeze *fz);
  * Safe to call twice.  Returns 0, or -1 with errno of the first failure. */
 int pvmmap_thaw(struct pvmmap_freeze *fz);
 
+/* ---- maps.c: the VMAs around an address ---- */
+
+struct pvmmap_vma {
+    uintptr_t start, end;   /* [start, end) */
+    uint64_t offset;        /* file offset of start */
+    uint64_t inode;
+    unsigned dev_major, dev_minor;
+    int prot;               /* PROT_READ | PROT_WRITE | PROT_EXEC bits */
+    int shared;             /* MAP_SHARED */
+    char *name;             /* in: a buffer for the path or [name] (or NULL) */
+    size_t name_size;       /* in: its size */
+};
+
+/* The VMA of the process whose /proc/PID/maps is open as maps_fd that holds
+ * addr, or the next one above it (PROCMAP_QUERY, Linux 6.11).  Returns 1
+ * with *v filled, 0 if there is none, 2 if the kernel has no PROCMAP_QUERY,
+ * -1 with errno.  Cost: one ioctl, whatever the number of VMAs. */
+int pvmmap_vma_query(int maps_fd, uintptr_t addr, struct pvmmap_vma *v);
+
 /* ---- uffd.c: userfaultfd and the lazy fault server ---- */
 
 /* How a userfaultfd was obtained. */

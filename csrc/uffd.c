@@ -476,19 +476,13 @@ static int classify_scan(struct pvmmap_lazy *lz, struct stage *st,
 static int vma_query(struct pvmmap_lazy *lz, uintptr_t a, uintptr_t *vs,
                      uintptr_t *ve)
 {
-    struct procmap_query q;
-    memset(&q, 0, sizeof(q));
-    q.size = sizeof(q);
-    q.query_flags = PROCMAP_QUERY_COVERING_OR_NEXT_VMA;
-    q.query_addr = a;
-    if (ioctl(lz->maps_fd, PROCMAP_QUERY, &q) < 0) {
-        if (errno == ENOENT)
-            return 0;
-        return errno == ENOTTY || errno == EINVAL ? 2 : -1;
+    struct pvmmap_vma v = {0};
+    int r = pvmmap_vma_query(lz->maps_fd, a, &v);
+    if (r == 1) {
+        *vs = v.start;
+        *ve = v.end;
     }
-    *vs = q.vma_start;
-    *ve = q.vma_end;
-    return 1;
+    return r;
 }
 
 /* Read the whole maps file into st->maps.  Returns its length or -1. */

@@ -111,3 +111,27 @@ def test_bad_backend_value_names_the_choices():
 def test_emulated_backend_can_be_forced():
     out = python("import pvmmap; print(pvmmap.backend)", PVMMAP_BACKEND="emulated")
     assert out.stdout.strip() == "emulated"
+
+
+def test_procmap_query_gives_what_the_maps_text_gives(source, datafile, monkeypatch):
+    """read_maps of a range by PROCMAP_QUERY (Linux 6.11+) equals the parse
+    of the maps text, field by field, over every kind; the text path is
+    what older kernels take."""
+    from pvmmap import _maps
+    path, _ = datafile
+    s = source([dict(name="a", kind="anon", size=1 << 16),
+                dict(name="sh", kind="shared", size=1 << 16),
+                dict(name="fd", kind="memfd", size=1 << 16),
+                dict(name="f", kind="file", size=1 << 16, path=path, offset=1 << 16,
+                     fill="none"),
+                dict(name="shm", kind="shm", size=1 << 16)])
+    lo, hi = min(s.addr[n] for n in ("a", "sh", "fd", "f", "shm")), 1 << 47
+    queried = _maps._query_maps(s.pid, lo, hi)
+    if queried is None:
+        pytest.skip("no PROCMAP_QUERY on this kernel (Linux < 6.11)")
+    monkeypatch.setattr(_maps, "_procmap_query", False)
+    text = _maps.read_maps(s.pid, lo, hi)
+    fields = lambda r: (r.start, r.end, r.perms, r.offset, r.dev, r.inode, r.path, r.kind)
+    assert [fields(r) for r in queried] == [fields(r) for r in text]
+    assert {"private-anon", "shared-anon", "memfd", "private-file",
+            "shared-file"} <= {r.kind for r in queried}

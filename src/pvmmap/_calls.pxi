@@ -102,6 +102,31 @@ def scan_pages(long pid, uintptr_t addr, size_t length, int mode=PVMMAP_SCAN_DAT
         free(r)
 
 
+def vma_query(int maps_fd, uintptr_t addr):
+    """The VMA holding addr or the next one above, of the process whose
+    /proc/PID/maps is open as maps_fd, by PROCMAP_QUERY (one ioctl whatever
+    the number of VMAs): (start, end, offset, inode, dev_major, dev_minor,
+    prot, shared, path), or None past the last.  OSError ENOTTY where the
+    kernel has no PROCMAP_QUERY (before 6.11)."""
+    cdef pvmmap_vma v
+    cdef char name[4096]
+    cdef int r, err
+    memset(&v, 0, sizeof(v))
+    v.name = name
+    v.name_size = sizeof(name)
+    with nogil:
+        r = pvmmap_vma_query(maps_fd, addr, &v)
+        err = errno
+    if r == 0:
+        return None
+    if r == 2:
+        raise OSError(25, "PROCMAP_QUERY is not available (Linux < 6.11)")
+    if r < 0:
+        raise os_error(err, "PROCMAP_QUERY", None, addr, None)
+    return (v.start, v.end, v.offset, v.inode, v.dev_major, v.dev_minor, v.prot,
+            bool(v.shared), name[:].decode("utf-8", "surrogateescape"))
+
+
 def pagemap_scan_works():
     """True if this kernel answers the PAGEMAP_SCAN ioctl."""
     cdef pvmmap_range *r = NULL

@@ -67,6 +67,19 @@ cdef extern from "pvmmap.h" nogil:
     int pvmmap_freeze(pid_t pid, freeze_state *fz)
     int pvmmap_thaw(freeze_state *fz)
 
+    struct pvmmap_vma:
+        uintptr_t start
+        uintptr_t end
+        uint64_t offset
+        uint64_t inode
+        unsigned dev_major
+        unsigned dev_minor
+        int prot
+        int shared
+        char *name
+        size_t name_size
+    int pvmmap_vma_query(int maps_fd, uintptr_t addr, pvmmap_vma *v)
+
     int PVMMAP_UFFD_VIA_DEV
     int PVMMAP_UFFD_VIA_SYSCALL
     int PVMMAP_UFFD_VIA_USER_ONLY

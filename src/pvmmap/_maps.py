@@ -134,9 +134,51 @@ def _open_proc(pid: int, name: str) -> IO[str]:
                        hint="ptrace") from None
 
 
+#: Whether this kernel answers PROCMAP_QUERY (None until first asked).
+_procmap_query: Optional[bool] = None
+
+
+def _query_maps(pid: int, start: int, end: int) -> Optional[List[Region]]:
+    """The regions overlapping [start, end) by PROCMAP_QUERY (Linux 6.11):
+    one ioctl per region, whatever the number of the process's other VMAs
+    (the maps text of a process with 60,000 VMAs takes 33 ms to read).
+    None where the kernel has no PROCMAP_QUERY."""
+    global _procmap_query
+    with _open_proc(pid, "maps") as f:
+        fd = f.fileno()
+        regions = []
+        at = start
+        while at < end:
+            try:
+                vma = _native.vma_query(fd, at)
+            except OSError as e:
+                if e.errno != errno.ENOTTY:
+                    raise
+                _procmap_query = False
+                return None
+            if vma is None or vma[0] >= end:
+                break
+            vstart, vend, offset, inode, major, minor, prot, shared, path = vma
+            perms = ("r" if prot & 1 else "-") + ("w" if prot & 2 else "-") + \
+                    ("x" if prot & 4 else "-") + ("s" if shared else "p")
+            r = Region(vstart, vend, perms, offset, f"{major:02x}:{minor:02x}",
+                       inode, path)
+            r.kind = classify(r.perms, r.inode, r.path)
+            regions.append(r)
+            at = vend
+    _procmap_query = True
+    return regions
+
+
 def read_maps(pid: int, start: int = 0, end: Optional[int] = None) -> List[Region]:
     """Regions of pid from /proc/PID/maps, without VmFlags (cheap); only
-    those overlapping [start, end) if given (the rest are not parsed)."""
+    those overlapping [start, end) if given: then by PROCMAP_QUERY where the
+    kernel has it (the cost does not grow with the process's other VMAs),
+    else the maps text is read and only those lines parsed."""
+    if end is not None and _procmap_query is not False:
+        found = _query_maps(pid, start, end)
+        if found is not None:
+            return found
     with _open_proc(pid, "maps") as f:
         text = f.read()
     regions = []
