@@ -173,3 +173,34 @@ def test_repr_says_what_it_is(m, src):
 def test_mapping_cannot_be_made_directly():
     with pytest.raises(TypeError, match="pvmmap.clone"):
         pvmmap.Mapping()
+
+
+@pytest.fixture
+def page_zero_allowed():
+    """vm.mmap_min_addr = 0 for the test (root: CAP_SYS_RAWIO maps page 0)."""
+    path = "/proc/sys/vm/mmap_min_addr"
+    try:
+        with open(path) as f:
+            old = f.read().strip()
+        with open(path, "w") as f:
+            f.write("0")
+    except OSError as e:
+        pytest.skip(f"cannot set vm.mmap_min_addr ({e.strerror})")
+    yield
+    with open(path, "w") as f:
+        f.write(old)
+
+
+def test_a_clone_placed_at_address_zero_is_a_mapping_like_any(src, page_zero_allowed):
+    """The kernel lets root place memory at 0: the Mapping must hold it,
+    read it, say it is open, and unmap it on close."""
+    m = pvmmap.clone(src.pid, src.addr["r"], 2 * PAGE, dest=0, fixed=True)
+    try:
+        assert m.address == 0 and not m.closed and "closed" not in repr(m)
+        assert m.tobytes() == page_bytes(3, 0) + page_bytes(3, 1)
+        assert m[:8] == page_bytes(3, 0)[:8] and m[1] == page_bytes(3, 0)[1]
+    finally:
+        m.close()
+    assert m.closed
+    with open("/proc/self/maps") as f:
+        assert not any(line.startswith("00000000-") for line in f)

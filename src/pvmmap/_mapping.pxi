@@ -160,8 +160,8 @@ cdef class Mapping:
         if isinstance(key, slice):
             start, stop, step = key.indices(self._length)
             if step == 1:
-                return PyBytes_FromStringAndSize(
-                    self._base + self._offset + start, max(stop - start, 0))
+                return _bytes_at(self._base + self._offset + start,
+                                 max(stop - start, 0))
         with memoryview(self) as mv:
             with mv[key] as item:
                 return item.tobytes()
@@ -176,7 +176,7 @@ cdef class Mapping:
     def tobytes(self):
         """A copy of the bytes as a bytes object."""
         self._check_readable()
-        return PyBytes_FromStringAndSize(self._base + self._offset, self._length)
+        return _bytes_at(self._base + self._offset, self._length)
 
     def mprotect(self, int prot):
         """Change the protection of the whole mapping (mmap.PROT_* bits)."""
@@ -289,6 +289,16 @@ cdef class Mapping:
                 pvmmap_lazy_close((<Lazy>lz)._lz)
                 (<Lazy>lz)._lz = NULL
             munmap(self._base, self._maplen)
+
+
+cdef object _bytes_at(const char *p, Py_ssize_t n):
+    """A bytes copy of [p, p+n).  (PyBytes_FromStringAndSize(p, n) would
+    return n uninitialised bytes for p == NULL, and a clone may be placed
+    at address 0.)"""
+    out = PyBytes_FromStringAndSize(NULL, n)
+    if n:
+        memcpy(PyBytes_AS_STRING(out), p, n)
+    return out
 
 
 def _prot_str(prot):

@@ -9,11 +9,11 @@ Mapping type) and _dump.pxi (pages to a file or socket)."""
 
 from cpython.buffer cimport (PyBuffer_FillInfo, PyBuffer_Release, PyBUF_WRITABLE,
                              PyObject_GetBuffer)
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport errno
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from posix.types cimport off_t, pid_t
 
 from pvmmap._cpvmmap cimport *
