@@ -49,6 +49,7 @@ struct copy_job {
     int uffd;                   /* >= 0: fill through UFFDIO_COPY */
     atomic_size_t next_unit;
     atomic_int error;           /* first errno, 0 while all is well */
+    atomic_int install_failed;  /* UFFDIO_COPY refused the destination */
     atomic_uint_fast64_t bytes_readv, bytes_mem, calls, skipped;
 };
 
@@ -176,6 +177,7 @@ static int uffd_install(struct copy_job *job, char *to, const char *from,
             memcpy(to + did, from + did, ps);
             did += ps;
         } else if (errno != EAGAIN && errno != EINTR) {
+            atomic_store(&job->install_failed, 1);
             return -1;
         }
         to += did;
@@ -381,6 +383,13 @@ int pvmmap_copy(pid_t pid, int mem_fd, const struct pvmmap_range *r, size_t n,
         if (ioctl(job.uffd, UFFDIO_UNREGISTER, &span) < 0 && !job.error)
             job.error = errno;
         close(job.uffd);
+        if (job.install_failed) {
+            /* Registered, but UFFDIO_COPY refused the destination (a shmem
+             * one on 6.1 answers EFAULT): nothing is registered any more,
+             * so the direct path can redo it. */
+            return pvmmap_copy(pid, mem_fd, r, n, src_base, dst_base, max_threads,
+                               flags & ~PVMMAP_COPY_UFFD, stats);
+        }
     }
 
     if (stats) {
