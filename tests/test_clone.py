@@ -341,3 +341,34 @@ def test_vma_changed_between_maps_and_smaps_is_still_refused(source, monkeypatch
     with pytest.raises(OSError) as info:
         pvmmap.clone(s.pid, s.addr["u"], 8 * PAGE)
     assert info.value.errno == errno.EOPNOTSUPP
+
+
+@pytest.mark.skipif(native, reason="freeze applies to the emulated copy")
+def test_freeze_of_a_traced_source_names_the_tracer(source):
+    """freeze=True on a process gdb or strace already traces: EPERM that
+    names the tracer and the way out, not a bare 'Operation not permitted'."""
+    import subprocess
+    import sys
+    s = source([dict(name="r", kind="anon", size=4 * PAGE, seed=1)])
+    tracer = subprocess.Popen([sys.executable, "-c", f"""
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.ptrace(0x4206, {s.pid}, 0, 0) != 0:          # PTRACE_SEIZE
+    sys.exit(1)
+print("seized", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout.readline().strip() == "seized"
+        before = own_state()
+        with pytest.raises(PermissionError) as info:
+            pvmmap.clone(s.pid, s.addr["r"], 4 * PAGE, freeze=True)
+        msg = str(info.value)
+        assert f"already traced by pid {tracer.pid}" in msg and "without freeze=True" in msg
+        assert leftovers(before) == []
+        with pvmmap.clone(s.pid, s.addr["r"], 4 * PAGE) as m:      # without: fine
+            assert m[:16] == page_bytes(1, 0)[:16]
+    finally:
+        tracer.kill()
+        tracer.wait()
+        tracer.stdout.close()

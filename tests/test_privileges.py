@@ -81,3 +81,39 @@ def test_unprivileged_process_vm_mmap_of_root_is_eperm():
             return {"errno": e.errno}
         return {"errno": 0}
     assert run_unprivileged(body) == {"errno": 1}
+
+
+def test_non_dumpable_source_is_named_as_the_cause():
+    """Same uid, but the source made itself non-dumpable: EPERM says so
+    (not "run as its user"), and names the fix."""
+    def body():
+        buf = mmap.mmap(-1, PAGE, mmap.MAP_PRIVATE)
+        buf[:] = page_bytes(4, 0)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        r, w = os.pipe()
+        gpid = os.fork()
+        if gpid == 0:
+            os.close(w)
+            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)        # PR_SET_DUMPABLE 0
+            os.read(r, 1)
+            os._exit(0)
+        os.close(r)
+        try:
+            import time
+            deadline = time.monotonic() + 10
+            while (os.stat(f"/proc/{gpid}/status").st_uid != 0
+                   and time.monotonic() < deadline):
+                time.sleep(0.01)                        # until prctl took effect
+            try:
+                pvmmap.clone(gpid, addr, PAGE).close()
+                return {"errno": 0}
+            except OSError as e:
+                return {"errno": e.errno, "msg": str(e)}
+        finally:
+            os.close(w)
+            os.waitpid(gpid, 0)
+
+    out = run_unprivileged(body)
+    assert out["errno"] == 1, out
+    assert "not dumpable" in out["msg"] and "PR_SET_DUMPABLE" in out["msg"]
+    assert "run as the source's user" not in out["msg"]

@@ -142,8 +142,91 @@ def check_process(pid: int, start: Optional[int], length: Optional[int]) -> int:
                        length) from None
     except PermissionError:
         # /proc/PID/mem says EACCES; process_vm_readv and the native call EPERM.
-        raise os_error(errno.EPERM, f"may not ptrace-attach the source: "
-                       f"{who_owns(pid)}", pid, start, length, "ptrace") from None
+        cause, hint = ptrace_denial(pid)
+        raise os_error(errno.EPERM, f"may not ptrace-attach the source: {cause}",
+                       pid, start, length, hint) from None
+
+
+CAP_SYS_PTRACE = 19
+
+
+def _yama_scope() -> int:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0                    # no Yama: classic ptrace rules
+
+
+def _is_descendant(pid: int) -> bool:
+    me, seen = os.getpid(), 0
+    while pid > 1 and seen < 4096:
+        st = _maps.read_status(pid)
+        if not st:
+            return False
+        pid = int(st.get("PPid", "0"))
+        if pid == me:
+            return True
+        seen += 1
+    return False
+
+
+def ptrace_denial(pid: int) -> Tuple[str, str]:
+    """Why this process may not ptrace `pid`, as (cause, HINTS key): the
+    checks of the kernel's __ptrace_may_access and Yama, in their order."""
+    theirs, ours = _maps.read_status(pid), _maps.read_status("self")
+    if not theirs or not ours:
+        return "the kernel refused", "ptrace"
+    have_cap = bool(int(ours.get("CapEff", "0"), 16) >> CAP_SYS_PTRACE & 1)
+    their_uids = set(theirs.get("Uid", "").split()) | set(theirs.get("Gid", "").split())
+    our_uid, our_gid = ours.get("Uid", "").split()[:1], ours.get("Gid", "").split()[:1]
+    if not have_cap:
+        same = their_uids <= set(our_uid + our_gid) | {str(os.getuid()),
+                                                         str(os.getgid())}
+        if not same:
+            return who_owns(pid), "ptrace-user"
+        # A non-dumpable process's /proc files (not its directory) belong
+        # to root (task_dump_owner).
+        try:
+            dumpable = os.stat(f"/proc/{pid}/status").st_uid != 0 or \
+                theirs.get("Uid", "").split()[0] == "0"
+        except OSError:
+            dumpable = True
+        if not dumpable:
+            return "it is not dumpable", "ptrace-dumpable"
+        their_caps = int(theirs.get("CapPrm", "0"), 16)
+        if their_caps & ~int(ours.get("CapPrm", "0"), 16):
+            return (f"it holds capabilities this process does not (CapPrm "
+                    f"{their_caps:#x})"), "ptrace-caps"
+    try:
+        other_ns = os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    except OSError:
+        other_ns = False
+    scope = _yama_scope()
+    if scope == 3:
+        return "kernel.yama.ptrace_scope=3 forbids ptrace entirely", "ptrace-yama3"
+    if scope == 2 and not have_cap:
+        return "kernel.yama.ptrace_scope=2 lets only CAP_SYS_PTRACE trace", "ptrace-yama2"
+    if scope == 1 and not have_cap and not _is_descendant(pid):
+        return ("kernel.yama.ptrace_scope=1 lets a process trace only its "
+                "descendants"), "ptrace-yama1"
+    if other_ns:
+        return "it is in another user namespace", "ptrace-userns"
+    return "the kernel refused, though uid, capabilities and Yama allow it", "ptrace-lsm"
+
+
+def freeze_denial(pid: int, err: OSError, start: Optional[int],
+                  length: Optional[int]) -> OSError:
+    """The error for a freeze (PTRACE_SEIZE) that failed with EPERM: an
+    other tracer, or the same reasons as any ptrace."""
+    tracer = int(_maps.read_status(pid).get("TracerPid", "0") or 0)
+    if tracer:
+        name = _maps.read_status(tracer).get("Name", "?")
+        return os_error(errno.EPERM, f"cannot freeze the source: it is already "
+                        f"traced by pid {tracer} ({name})", pid, start, length, "traced")
+    cause, hint = ptrace_denial(pid)
+    return os_error(errno.EPERM, f"cannot freeze the source: {cause}", pid, start,
+                    length, hint)
 
 
 def who_owns(pid: int) -> str:

@@ -279,7 +279,10 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
         frozen = None
         try:
             if freeze and pagemap_fd >= 0:
-                frozen = _native.Freeze(pid)
+                try:
+                    frozen = _native.Freeze(pid)
+                except PermissionError as e:
+                    raise _contract.freeze_denial(pid, e, start, end - start) from None
                 stats["frozen_threads"] = frozen.threads
             for p in pieces:
                 daddr = base + (p.start - start)

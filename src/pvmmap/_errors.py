@@ -23,6 +23,23 @@ METHODS = ("auto", "native", "copy", "lazy")
 HINTS = {
     "ptrace": "run as the source's user (the source must be dumpable) or as "
               "root (CAP_SYS_PTRACE)",
+    "ptrace-user": "run as the source's user, or with CAP_SYS_PTRACE (root)",
+    "ptrace-dumpable": "only CAP_SYS_PTRACE (root) may read a process that is "
+                       "not dumpable (it called prctl(PR_SET_DUMPABLE, 0) or "
+                       "changed credentials, e.g. setuid)",
+    "ptrace-caps": "run with at least the capabilities it holds, or with "
+                   "CAP_SYS_PTRACE",
+    "ptrace-yama1": "start it as a child of this process, have it call "
+                    "prctl(PR_SET_PTRACER, <this pid>), set "
+                    "kernel.yama.ptrace_scope=0, or run with CAP_SYS_PTRACE",
+    "ptrace-yama2": "run with CAP_SYS_PTRACE, or set kernel.yama.ptrace_scope "
+                    "to 1 or 0",
+    "ptrace-yama3": "kernel.yama.ptrace_scope=3 cannot be lowered until a reboot",
+    "ptrace-userns": "trace it from its own user namespace, or from an ancestor "
+                     "one with CAP_SYS_PTRACE there",
+    "ptrace-lsm": "a security module (SELinux, AppArmor, Landlock) or kernel "
+                  "lockdown refused it: see its audit log",
+    "traced": "detach that tracer (gdb, strace), or clone without freeze=True",
     "map_files": "mapping /proc/{pid}/map_files needs CAP_SYS_ADMIN or "
                  "CAP_CHECKPOINT_RESTORE: run as root, or pass allow_copy=True "
                  "for a private copy instead of shared memory",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import IO, FrozenSet, List, Optional, Tuple
+from typing import IO, Dict, FrozenSet, List, Optional, Tuple
 
 from pvmmap import _native
 from pvmmap._errors import os_error
@@ -246,6 +246,16 @@ def has_userfaultfd(pid: int) -> bool:
         except OSError:
             continue
     return False
+
+
+def read_status(pid: "int | str") -> Dict[str, str]:
+    """The fields of /proc/PID/status (Uid, TracerPid, CapPrm, ...), or {}
+    if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
 
 
 def read_stat(pid: int) -> Optional[Tuple[str, int]]:

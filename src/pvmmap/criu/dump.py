@@ -164,7 +164,10 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
     try:
         pagemap_fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         if freeze:
-            frozen = _native.Freeze(pid)
+            try:
+                frozen = _native.Freeze(pid)
+            except PermissionError as e:
+                raise _contract.freeze_denial(pid, e, None, None) from None
         plan = _make_plan(pid, pagemap_fd)
         stats: Dict[str, int] = {}
         total = (sum(e - s for s, e in plan.private)
