@@ -700,8 +700,11 @@ static void t_eager(void)
         munmap(d1, NP * ps);
         munmap(d2, NP * ps);
     }
-    /* a destination that is not all anonymous memory: the direct path */
-    char path[] = "/tmp/pvmmap-test-XXXXXX";
+    /* A destination the kernel will not register (a file mapping): the
+     * direct path.  In the working directory, not /tmp: a tmpfs file is
+     * shmem, which registration accepts (6.1 then fails UFFDIO_COPY into
+     * it with EFAULT): PVMMAP_COPY_UFFD is for private anonymous memory. */
+    char path[] = "pvmmap-test-XXXXXX";
     int fd = mkstemp(path);
     unlink(path);
     CHECK(fd >= 0 && ftruncate(fd, (off_t)(NP * ps)) == 0, "tmpfile");
