@@ -7,6 +7,8 @@ Run as `python tests/child.py SPEC_JSON`.  SPEC is a list of regions:
    "fill": "pattern"|"none"|[page indexes], "prot": "rw"|"r"|"w"|"none",
    "seed": int, "path": str (file), "noreserve": bool,
    "thp": bool (anon only: 2 MiB aligned, MADV_HUGEPAGE before the fill),
+   "vmas": int (cut the region into that many one-page VMAs: every other
+   page gets protection "r", the others keep "prot"; size = vmas pages),
    "after": name (placed right after that region; a spec using "after" is
    laid out in order, each region right after the one before)}
 It prints one JSON line {name: address, ..., "pid": pid}, then serves JSON
@@ -78,6 +80,16 @@ def map_thp(size, flags):
     if libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), MADV_HUGEPAGE):
         raise OSError(ctypes.get_errno(), "madvise(MADV_HUGEPAGE)")
     return addr
+
+
+def split_vmas(addr, size, n, prot):
+    """Cut [addr, addr+size) into n one-page VMAs: odd pages get "r" (or
+    "rw" when prot is "r"), so no two neighbours can merge."""
+    assert size == n * PAGE, "vmas: the region must be exactly that many pages"
+    other = PROTS["rw" if prot == "r" else "r"]
+    for i in range(1, n, 2):
+        if libc.mprotect(ctypes.c_void_p(addr + i * PAGE), PAGE, other):
+            raise OSError(ctypes.get_errno(), f"mprotect (vmas, page {i})")
 
 
 def time_fork():
@@ -178,6 +190,8 @@ def main():
             ctypes.memmove(addr + index * PAGE, page_bytes(r.get("seed", 1), index), PAGE)
         if r.get("prot", "rw") != "rw":
             libc.mprotect(addr, size, PROTS[r["prot"]])
+        if r.get("vmas"):
+            split_vmas(addr, size, r["vmas"], r.get("prot", "rw"))
         addrs[r["name"]] = addr
         sizes[r["name"]] = size
     addrs["pid"] = os.getpid()
