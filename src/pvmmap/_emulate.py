@@ -167,6 +167,7 @@ def place(pid: int, piece: Piece, daddr: int, mem_fd: int, pagemap_fd: int,
         _native.copy_range(pid, p.start, p.length, daddr, mem_fd=mem_fd,
                            pagemap_fd=pagemap_fd, do_scan=anon, flags=flags,
                            stats=stats)
+        stats.setdefault("fill", "direct")
     if r.prot != RW:
         _native.mprotect_raw(daddr, p.length, r.prot)
 
