@@ -74,7 +74,11 @@ cdef class Lazy:
         return remaining
 
     def populate(self):
-        """Fetch everything now, in chunks, honouring Ctrl-C between them."""
+        """Fetch everything now, in chunks, honouring Ctrl-C between them.
+        The server prefetches alongside (a second thread on the same
+        pages: whoever claims a page first installs it); after Ctrl-C that
+        background prefetch goes on, as after prefetch()."""
+        self.prefetch()
         while self.fill(FILL_CHUNK):
             PyErr_CheckSignals()
 
