@@ -532,7 +532,13 @@ def _touch_all(mv):
 
 
 def _lazy_done(m, label):
+    # The server updates its counters just after it wakes the faulting
+    # thread: let them settle (bounded) before checking.
+    deadline = time.monotonic() + 10
     st = m.stats
+    while st.get("pages_done") != st.get("pages_total") and time.monotonic() < deadline:
+        time.sleep(0.001)
+        st = m.stats
     if st.get("pages_done") != st.get("pages_total") or st.get("lost_pages"):
         raise AssertionError(f"{label}: {st.get('pages_done')} of {st.get('pages_total')} "
                              f"pages present, {st.get('lost_pages')} lost")
