@@ -14,7 +14,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,6 +309,45 @@ static void *copy_worker(void *arg)
     return NULL;
 }
 
+/* Whether [start, start+len) of this process lies in one private
+ * anonymous VMA (no inode, not shared).  The kernel registers shmem too,
+ * but 6.1 then fails UFFDIO_COPY into it with EFAULT (tmpfs, or an
+ * overlay over it): only private anonymous memory takes this path.
+ * PROCMAP_QUERY where the kernel has it, else the /proc/self/maps text. */
+static int private_anon(uintptr_t start, size_t len)
+{
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    struct pvmmap_vma v = {0};
+    int ok = 0, r = pvmmap_vma_query(fd, start, &v);
+    if (r == 1) {
+        ok = v.start <= start && v.end >= start + len && !v.shared && v.inode == 0;
+    } else if (r == 2) {
+        FILE *f = fdopen(fd, "re");
+        char line[512];
+        if (f) {
+            fd = -1;            /* the FILE owns it now */
+            while (fgets(line, sizeof(line), f)) {
+                uintptr_t lo, hi;
+                char perms[8];
+                unsigned long long inode;
+                if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %7s %*s %*s %llu",
+                           &lo, &hi, perms, &inode) != 4)
+                    continue;
+                if (lo <= start && start < hi) {
+                    ok = hi >= start + len && perms[3] == 'p' && inode == 0;
+                    break;
+                }
+            }
+            fclose(f);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
 /* Register the destination span of the ranges with a new uffd.  Returns
  * the uffd, or -1 (errno) when the direct path must be used instead. */
 static int uffd_attach(const struct pvmmap_range *r, size_t n,
@@ -314,6 +356,11 @@ static int uffd_attach(const struct pvmmap_range *r, size_t n,
 {
     if (!n)
         return -1;
+    uintptr_t first = (uintptr_t)dst_base + (r[0].start - src_base);
+    if (!private_anon(first, r[n - 1].end - r[0].start)) {
+        errno = EINVAL;
+        return -1;
+    }
     int fd = pvmmap_uffd_open(NULL);
     if (fd < 0)
         return -1;
