@@ -823,6 +823,8 @@ DIRECT_ROW = "pvmmap.clone(method='copy') direct fill"
 LAZY_CALL = "pvmmap.clone(method='lazy') call"
 LAZY_VMAS = "pvmmap.clone(method='lazy') call 1 GiB, {n}-VMA source"
 SHARED_VMAS = "pvmmap.clone(method='auto') shared 1 GiB, {n}-VMA source"
+EAGER_VMAS = "pvmmap.clone(method='copy') 1 GiB, 3 pages, {n}-VMA source"
+EAGER_FEW = "pvmmap.clone(method='copy') 1 GiB, 3 pages, few-VMA source"
 LAZY_TOUCH = "lazy clone + sequential touch of every page"
 C_UFFD = "C userfaultfd loop, 64 KiB fetches (baseline.c)"
 LAZY_POPULATE = "lazy clone + populate()"
@@ -929,6 +931,17 @@ def _lazy_configs(args, pvm, cpu, lazy):
                          _pvmmap_clone(pvm, cpu, vmas, "far_shared", "auto", lambda r: r["fill"],
                                        expect_method=args.shared_method),
                          ref=first, note="the same source; ratio: vs the smallest lazy call"))
+        # An eager copy checks smaps' VmFlags (uffd, protection keys), which the
+        # kernel prints from the first VMA on: the one part that still grows.
+        big = next((name for name in calls.spec if calls.region(name)["size"] == GIB), None)
+        if big:
+            cs.append(Config(g, EAGER_FEW, _pvmmap_clone(pvm, cpu, calls, big, "copy",
+                                                          lambda r: r["fill"]),
+                             ref=EAGER_FEW, note="the lazy calls' 1 GiB source"))
+        cs.append(Config(g, EAGER_VMAS.format(n=nv),
+                         _pvmmap_clone(pvm, cpu, vmas, "far", "copy", lambda r: r["fill"]),
+                         ref=EAGER_FEW if big else False,
+                         note=f"{nv} one-page VMAs below it; ratio: vs the few-VMA source"))
     n = ld.region("dense")["size"]
     cs.append(Config(g, LAZY_TOUCH, _lazy_touch(pvm, cpu, ld, "dense"), ref=LAZY_TOUCH,
                      bytes_moved=n, note="clone() + one read per page through a strided "

@@ -141,6 +141,15 @@ struct pvmmap_vma {
  * -1 with errno.  Cost: one ioctl, whatever the number of VMAs. */
 int pvmmap_vma_query(int maps_fd, uintptr_t addr, struct pvmmap_vma *v);
 
+/* The text of the entries of /proc/PID/maps or /proc/PID/smaps (open as
+ * proc_fd, at offset 0) that overlap [start, end): each entry's header line
+ * and, for smaps, its fields.  Reading stops at the first entry at or above
+ * end; the entries below start are read (the kernel prints them: there is no
+ * way to start at an address) but not kept, so what grows with the VMAs
+ * below the range is the kernel's printing alone.  Returns the length with
+ * *out malloc'd (the caller frees it), or -1 with errno. */
+long pvmmap_vmas_text(int proc_fd, uintptr_t start, uintptr_t end, char **out);
+
 /* ---- uffd.c: userfaultfd and the lazy fault server ---- */
 
 /* How a userfaultfd was obtained. */

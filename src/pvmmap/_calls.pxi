@@ -127,6 +127,23 @@ def vma_query(int maps_fd, uintptr_t addr):
             bool(v.shared), name[:].decode("utf-8", "surrogateescape"))
 
 
+def vmas_text(int proc_fd, uintptr_t start, uintptr_t end):
+    """The text of the maps or smaps entries overlapping [start, end), read
+    from proc_fd (at offset 0) up to the first entry at or above end."""
+    cdef char *out = NULL
+    cdef long n
+    cdef int err
+    with nogil:
+        n = pvmmap_vmas_text(proc_fd, start, end, &out)
+        err = errno
+    if n < 0:
+        raise os_error(err, "reading /proc/PID/maps or smaps", None, start, end - start)
+    try:
+        return out[:n].decode("utf-8", "surrogateescape")
+    finally:
+        free(out)
+
+
 def pagemap_scan_works():
     """True if this kernel answers the PAGEMAP_SCAN ioctl."""
     cdef pvmmap_range *r = NULL

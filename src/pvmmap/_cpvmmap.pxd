@@ -79,6 +79,7 @@ cdef extern from "pvmmap.h" nogil:
         char *name
         size_t name_size
     int pvmmap_vma_query(int maps_fd, uintptr_t addr, pvmmap_vma *v)
+    long pvmmap_vmas_text(int proc_fd, uintptr_t start, uintptr_t end, char **out)
 
     int PVMMAP_UFFD_VIA_DEV
     int PVMMAP_UFFD_VIA_SYSCALL
