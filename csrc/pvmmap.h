@@ -188,7 +188,13 @@ int pvmmap_uffd_probe(void);
 #define PVMMAP_LAZY_NO_PAGEMAP_SCAN   0x2  /* read pagemap entries instead */
 #define PVMMAP_LAZY_NO_PROCMAP_QUERY  0x4  /* parse /proc/PID/maps instead */
 #define PVMMAP_LAZY_FIXED_READAHEAD   0x8  /* no growing window for streams */
-#define PVMMAP_LAZY_FLAGS_MASK        0xf
+#define PVMMAP_LAZY_FILE              0x10 /* the source is a file, not a
+                                              process: mem_fd is a regular file
+                                              (a CRIU pages-N.img), src an
+                                              offset in it, every page data;
+                                              pid, pagemap_fd and maps_fd are
+                                              unused (0, -1, -1) */
+#define PVMMAP_LAZY_FLAGS_MASK        0x1f
 
 /* What a lazy mapping uses (pvmmap_lazy_stats.how). */
 #define PVMMAP_LAZY_HOW_POISON        0x1  /* UFFDIO_POISON (else memfd) */
@@ -230,7 +236,10 @@ struct pvmmap_lazy_stats {
  * first use).  Constant time: nothing is read yet.  readahead: bytes
  * fetched per fault, the aligned window around it (0: the default; rounded
  * to pages, clipped to the max); sequential faults grow it (see above).
- * The source is read as it is at fault time (no snapshot).  The destination
+ * The source is read as it is at fault time (no snapshot).  With
+ * PVMMAP_LAZY_FILE the source is [src, src+len) of the file mem_fd: a page
+ * the file is too short for is poisoned (SIGBUS on touch), never zero.
+ * The destination
  * must stay where it is until close (no mremap or partial munmap: no uffd
  * events are asked for).
  * Returns the mapping, or NULL with errno.

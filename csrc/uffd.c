@@ -15,6 +15,10 @@
  * exit, reads through them return 0 bytes instead of another image's memory,
  * which is how "source gone" is detected.  process_vm_readv was not used for
  * the lazy path: it goes by pid, so it would read a new image after exec.
+ *
+ * A lazy mapping can also be served from a file (PVMMAP_LAZY_FILE: a CRIU
+ * image's pages-N.img, read with pread at src + offset): every page is
+ * data, there is no pagemap to classify by and no process to outlive.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -400,6 +404,8 @@ static void poison_all(struct pvmmap_lazy *lz)
 static int source_alive(struct pvmmap_lazy *lz)
 {
     uint64_t e;
+    if (lz->flags & PVMMAP_LAZY_FILE)
+        return 1;               /* a file does not die; short reads poison */
     return pread(lz->pagemap_fd, &e, sizeof(e),
                  (off_t)(lz->src / lz->ps * sizeof(e))) == (ssize_t)sizeof(e);
 }
@@ -624,6 +630,10 @@ static int classify(struct pvmmap_lazy *lz, struct stage *st, uintptr_t s,
                     uintptr_t e)
 {
     st->nseg = 0;
+    if (lz->flags & PVMMAP_LAZY_FILE) {
+        seg_add(st, s, e, SEG_DATA);    /* an image's run: pages, no holes */
+        return 0;
+    }
     for (uintptr_t a = s; a < e;) {
         uintptr_t b = e - a > SCAN_MAX_PAGES * lz->ps ? a + SCAN_MAX_PAGES * lz->ps : e;
         int r = 1;
@@ -1069,8 +1079,11 @@ struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
     struct pvmmap_uffd_info info;
     int err;
 
+    int file = flags & PVMMAP_LAZY_FILE;
+
     if (!len || (src | (uintptr_t)dst | len) & (ps - 1) || mem_fd < 0
-        || pagemap_fd < 0 || maps_fd < 0 || flags & ~PVMMAP_LAZY_FLAGS_MASK) {
+        || (!file && (pagemap_fd < 0 || maps_fd < 0))
+        || flags & ~PVMMAP_LAZY_FLAGS_MASK) {
         errno = EINVAL;
         return NULL;
     }
@@ -1101,9 +1114,11 @@ struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
     if (!lz->claimed || !lz->done)
         goto fail;
     lz->mem_fd = fcntl(mem_fd, F_DUPFD_CLOEXEC, 0);
-    lz->pagemap_fd = fcntl(pagemap_fd, F_DUPFD_CLOEXEC, 0);
-    lz->maps_fd = fcntl(maps_fd, F_DUPFD_CLOEXEC, 0);
-    if (lz->mem_fd < 0 || lz->pagemap_fd < 0 || lz->maps_fd < 0)
+    if (!file) {
+        lz->pagemap_fd = fcntl(pagemap_fd, F_DUPFD_CLOEXEC, 0);
+        lz->maps_fd = fcntl(maps_fd, F_DUPFD_CLOEXEC, 0);
+    }
+    if (lz->mem_fd < 0 || (!file && (lz->pagemap_fd < 0 || lz->maps_fd < 0)))
         goto fail;
 
     uint64_t want = flags & PVMMAP_LAZY_NO_POISON ? 0 : UFFD_FEATURE_POISON;
@@ -1112,9 +1127,9 @@ struct pvmmap_lazy *pvmmap_lazy_start(pid_t pid, int mem_fd, int pagemap_fd,
         goto fail;
     /* Optimistic: a method the kernel refuses is dropped at first use. */
     int how = info.mode == 1 ? PVMMAP_LAZY_HOW_USER_ONLY : 0;
-    if (!(flags & PVMMAP_LAZY_NO_PAGEMAP_SCAN))
+    if (!(flags & PVMMAP_LAZY_NO_PAGEMAP_SCAN) && !file)
         how |= PVMMAP_LAZY_HOW_PAGEMAP_SCAN;
-    if (!(flags & PVMMAP_LAZY_NO_PROCMAP_QUERY))
+    if (!(flags & PVMMAP_LAZY_NO_PROCMAP_QUERY) && !file)
         how |= PVMMAP_LAZY_HOW_PROCMAP_QUERY;
 
     struct uffdio_register reg = {

@@ -94,6 +94,7 @@ cdef extern from "pvmmap.h" nogil:
     int pvmmap_uffd_open_ex(uint64_t want, pvmmap_uffd_info *info)
 
     int PVMMAP_LAZY_NO_POISON
+    int PVMMAP_LAZY_FILE
     int PVMMAP_LAZY_HOW_POISON
     int PVMMAP_LAZY_HOW_PAGEMAP_SCAN
     int PVMMAP_LAZY_HOW_PROCMAP_QUERY

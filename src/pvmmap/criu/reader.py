@@ -10,6 +10,14 @@ pages file that cannot be mapped (a filesystem without mmap) is read into
 the memory instead.  Then the VMA's protection is applied.
 
 Writes to a writable Mapping stay private: the images never change.
+
+lazy=True serves the runs of pages through pvmmap's userfaultfd server
+instead (csrc/uffd.c, a file source): each run becomes anonymous memory
+registered with userfaultfd, filled from pages-N.img (pread, UFFDIO_COPY)
+on first touch or by populate().  The Mapping then holds no page cache of
+the images and its pages are ordinary anonymous memory once present; a run
+the pages file turns out too short for is poisoned (SIGBUS on touch,
+Mapping.lost), never zeros.  Holes and the VMA's file are as without lazy.
 """
 
 from __future__ import annotations
@@ -74,8 +82,10 @@ class Image:
     Closing it (or leaving its ``with`` block) closes every Mapping it
     made and the pages files."""
 
-    def __init__(self, directory: str, pid: Optional[int] = None):
+    def __init__(self, directory: str, pid: Optional[int] = None,
+                 lazy: bool = False):
         self.directory = directory
+        self.lazy = lazy
         self.dump = images.read_dump(directory, pid)
         self._fds: Dict[str, Tuple[int, int]] = {}       # path: (fd, size)
         self._made: List[_native.Mapping] = []
@@ -117,14 +127,15 @@ class Image:
             return None
         return fd, path
 
-    def mapping(self, vma: Vma, *, lazy: bool = False) -> _native.Mapping:
+    def mapping(self, vma: Vma, *, lazy: Optional[bool] = None) -> _native.Mapping:
         """A Mapping holding `vma` as the dump has it (see the module's
         docstring).  Costs two mmaps, one per joined run of pages, and an
-        mprotect: no byte is read until it is touched."""
+        mprotect: no byte is read until it is touched.  lazy: serve the runs
+        through the userfaultfd server (default: as the Image was opened)."""
         if self.closed:
             raise ValueError("image closed")
-        if lazy:
-            raise NotImplementedError(_LAZY)
+        if lazy is None:
+            lazy = self.lazy
         if vma not in self.dump.vmas:
             raise ValueError(f"VMA {vma.start:#x}-{vma.end:#x} is not in this dump")
         size = vma.size
@@ -142,6 +153,7 @@ class Image:
         stats: Dict[str, Any] = {"image": self.directory, "mapped_runs": 0,
                                  "copied_bytes": 0, "file": None}
         m: Optional[_native.Mapping] = None
+        served: List[_native.Lazy] = []
         try:
             backing = self._file_of(vma)
             if backing is not None:
@@ -158,11 +170,23 @@ class Image:
                     stats["file"] = fpath
                 finally:
                     os.close(ffd)
+            if lazy:
+                for off, fd, offset, length in checked:
+                    # anonymous again where the VMA's file was mapped: only
+                    # anonymous memory can be registered
+                    _native.mmap_raw(base + off, length, RW, _native.MAP_PRIVATE
+                                     | _native.MAP_ANONYMOUS | _native.MAP_FIXED
+                                     | _native.MAP_NORESERVE, -1, 0, "mapping a lazy run")
+                    served.append(_native.Lazy(self.dump.pid, fd, -1, -1, offset,
+                                               base + off, length, 0, _native.LAZY_FILE))
+                stats["lazy_runs"] = len(served)
+                checked = []
             kind = kind_of(vma, self.dump)
             m = _native.make_mapping(
                 base, size, 0, size, pid=self.dump.pid, source_address=vma.start,
                 method="image", kind=kind, prot=RW,
-                parts=(Part(0, size, vma.start, kind, vma.prot, "image"),), stats=stats)
+                parts=(Part(0, size, vma.start, kind, vma.prot, "image"),), stats=stats,
+                lazy=tuple(served))
             for off, fd, offset, length in checked:
                 try:
                     _native.mmap_raw(base + off, length, RW, _native.MAP_PRIVATE
@@ -183,19 +207,19 @@ class Image:
             if m is not None:
                 m.close()
             else:
+                for lz in served:       # unregister and stop serving first
+                    lz.close()
                 _native.munmap_raw(base, size)
             raise
         self._made.append(m)
         return m
 
-    def mappings(self, *, lazy: bool = False) -> List[_native.Mapping]:
+    def mappings(self, *, lazy: Optional[bool] = None) -> List[_native.Mapping]:
         """One Mapping per VMA, in address order."""
-        if lazy:
-            raise NotImplementedError(_LAZY)
         out: List[_native.Mapping] = []
         try:
             for vma in self.vmas:
-                out.append(self.mapping(vma))
+                out.append(self.mapping(vma, lazy=lazy))
         except BaseException:
             for m in out:
                 m.close()
@@ -225,19 +249,11 @@ class Image:
         return f"<pvmmap.criu.Image {self.directory!r} pid {self.dump.pid}, {state}>"
 
 
-_LAZY = ("lazy=True (pages fetched on first touch by pvmmap's userfaultfd "
-         "server) is not available in this version of pvmmap: the lazy server "
-         "has not landed yet; open the image without lazy=True (its pages are "
-         "mapped from the files, so nothing is read before it is touched)")
-
-
 def open(directory: "os.PathLike[str] | str", *, pid: Optional[int] = None,
          lazy: bool = False) -> Image:
     """Open the memory images of a CRIU dump (ours, CRIU 4.1's or 4.2's):
     pid defaults to pstree.img's first task.  Returns an Image whose
     .mapping(vma) / .mappings() give pvmmap.Mappings served from the images.
     Raises ImageError (a ValueError) for malformed or inconsistent images.
-    lazy=True raises NotImplementedError for now."""
-    if lazy:
-        raise NotImplementedError(_LAZY)
-    return Image(os.fspath(directory), pid)
+    lazy=True: Mappings served by the userfaultfd server (module docstring)."""
+    return Image(os.fspath(directory), pid, lazy)
