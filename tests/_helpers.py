@@ -276,15 +276,17 @@ def run_unprivileged(body, uid=NOBODY, drop_caps=(), deny=(), userns=False,
 
 
 def check_says(pid, addr, length, *options):
-    """What `pvmmap check PID ADDR LEN [options] --json` says, run in this
-    process as the CLI runs it: (exit status, errno or None, message or
-    None).  A process-level refusal is the command's one-line error."""
+    """What `pvmmap check PID ADDR LEN [options] --json` says (addr None:
+    `pvmmap check PID`, every range), run in this process as the CLI runs
+    it: (exit status, errno or None, message or None).  A process-level
+    refusal is the command's one-line error."""
     import io
     import re
     from pvmmap.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(["check", str(pid), hex(addr), str(length), "--json", *options])
+        where = [] if addr is None else [hex(addr), str(length)]
+        status = main(["check", str(pid), *where, "--json", *options])
     if not out.getvalue():
         text = err.getvalue().strip()
         code = re.match(r"pvmmap check: (.*)", text)
