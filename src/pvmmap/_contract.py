@@ -235,7 +235,7 @@ def freeze_denial(pid: int, err: OSError, start: Optional[int],
                     length, hint)
 
 
-def _setid(status: dict) -> str:
+def _setid(status: Dict[str, str]) -> str:
     """'it (sleep) runs setuid: real uid 65534, effective uid 0, saved uid
     0' for a process whose real, effective and saved uids (or gids) are not
     all the same (a set-user-ID program), else ''."""

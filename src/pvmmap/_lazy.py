@@ -16,6 +16,7 @@ and its Mapping reports itself closed there.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pvmmap import _native
@@ -53,8 +54,9 @@ def require_uffd(pid: int, start: int, end: int) -> None:
     try:
         _native.uffd_info()
     except OSError as e:
-        raise os_error(e.errno, "method='lazy': no userfaultfd can be opened", pid,
-                       start, end - start, "lazy-uffd") from None
+        raise os_error(e.errno or errno.EPERM,
+                       "method='lazy': no userfaultfd can be opened", pid, start,
+                       end - start, "lazy-uffd") from None
 
 
 class SourceFds:
