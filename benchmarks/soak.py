@@ -9,7 +9,7 @@ method, checks a page of its bytes against the pattern the source wrote,
 and closes it.  The (kind, method) pairs are taken in turn:
 
   kinds   private anon, shared anon, memfd, private file (its first page
-          written privately), shared file, POSIX shm (/dev/shm)
+          written privately), shared file, POSIX shm (/dev/shm), SysV shm
   methods auto, copy, lazy + one touch, lazy + populate()
 
 The concurrent phase runs `--cycles` more cycles split over `--threads`
@@ -53,7 +53,7 @@ import pvmmap  # noqa: E402
 
 SIZE = 64 * PAGE            # 256 KiB per region
 KINDS = ("private-anon", "shared-anon", "memfd", "private-file", "shared-file",
-         "shm")
+         "shm", "sysv")
 METHODS = ("auto", "copy", "lazy-touch", "lazy-populate")
 RSS_SLACK = 0.01            # 1%
 
@@ -70,6 +70,7 @@ def spec(path_private: str, path_shared: str) -> List[dict]:
         dict(name="shared-file", kind="file", size=SIZE, path=path_shared,
              shared=True, seed=15),
         dict(name="shm", kind="shm", size=SIZE, seed=16),
+        dict(name="sysv", kind="sysv", size=SIZE, seed=17),
     ]
 
 

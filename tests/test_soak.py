@@ -16,7 +16,7 @@ def test_soak_is_flat_at_ci_size():
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines[-1] == "flat"
-    assert "24 (kind, method) pairs, 1000 cycles per phase" in lines[-2]
+    assert "28 (kind, method) pairs, 1000 cycles per phase" in lines[-2]
     assert ", 0 wrong pages" in lines[-2]
     # both phases sampled: a base and every 250 cycles; the threads' phase
     # (sampled while they run) at least once more, at the end, all 1,000 done
