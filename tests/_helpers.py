@@ -1,6 +1,7 @@
 """Small helpers for the tests: /proc readings of this process and others.
 The source process itself is child.Source (see conftest.py)."""
 import contextlib
+import errno
 import json
 import ctypes
 import os
@@ -170,24 +171,84 @@ def zombie():
 
 
 NOBODY = 65534
+CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE = 21, 40
+SYS_USERFAULTFD = 323                   # x86_64
 
 
-def run_unprivileged(body):
-    """Run body() as uid/gid 65534 in a forked child (no exec: the
-    interpreter under /root is not readable to that uid); return its JSON
-    result."""
+def drop_capabilities(caps):
+    """Drop caps (numbers) from this process's bounding, effective,
+    permitted and inheritable sets (PR_CAPBSET_DROP, then capset(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)           # _LINUX_CAPABILITY_VERSION_3
+    data = (ctypes.c_uint32 * 6)()      # {effective, permitted, inheritable} x 2
+    if libc.syscall(125, header, data):                     # capget
+        raise OSError(ctypes.get_errno(), "capget")
+    for cap in caps:
+        if libc.prctl(24, cap, 0, 0, 0):                    # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), f"PR_CAPBSET_DROP {cap}")
+        for field in range(3):
+            data[cap // 32 * 3 + field] &= ~(1 << cap % 32)
+    if libc.syscall(126, header, data):                     # capset
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def deny_syscalls(numbers, err=1):
+    """A seccomp filter failing each syscall in numbers with err (EPERM),
+    after PR_SET_NO_NEW_PRIVS (which a filter needs without CAP_SYS_ADMIN).
+    x86_64 numbers; the filter does not check the architecture."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
+                    ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+    prog = [SockFilter(0x20, 0, 0, 0)]                      # ld [nr]
+    for i, nr in enumerate(numbers):                        # jeq nr -> deny
+        prog.append(SockFilter(0x15, len(numbers) - i, 0, nr))
+    prog += [SockFilter(0x06, 0, 0, 0x7FFF0000),            # ret ALLOW
+             SockFilter(0x06, 0, 0, 0x00050000 | err)]      # ret ERRNO(err)
+    array = (SockFilter * len(prog))(*prog)
+    fprog = SockFprog(len(prog), array)
+    if libc.prctl(38, 1, 0, 0, 0):                          # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):        # SECCOMP_MODE_FILTER
+        raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
+
+
+def run_unprivileged(body, uid=NOBODY, drop_caps=(), deny=(), userns=False,
+                     timeout=120):
+    """Run body() in a forked child (no exec: the interpreter under /root is
+    not readable to uid 65534) that first drops what it is told to, in this
+    order: the capabilities drop_caps (numbers), a user namespace of its own
+    (userns: unshare(CLONE_NEWUSER), no uid map written), the uid and gid
+    (uid=None keeps root's), the syscalls deny (seccomp, EPERM).  Returns
+    body()'s JSON result; the child is killed after `timeout` seconds."""
+    import select
+    import signal
+    import time
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         status = 1
         try:
             os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            # Changing uid made us non-dumpable: nobody could ptrace our
-            # children either.  A normal process started by this user is.
-            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)         # PR_SET_DUMPABLE
+            libc = ctypes.CDLL(None, use_errno=True)
+            if drop_caps:
+                drop_capabilities(drop_caps)
+            if userns and libc.unshare(0x10000000):         # CLONE_NEWUSER
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                # Changing uid made us non-dumpable: nobody could ptrace our
+                # children either.  A normal process started by this user is.
+                libc.prctl(4, 1, 0, 0, 0)                   # PR_SET_DUMPABLE
+            if deny:
+                deny_syscalls(deny)
             result = body()
             os.write(w, json.dumps(result).encode())
             status = 0
@@ -196,12 +257,46 @@ def run_unprivileged(body):
         finally:
             os._exit(status)
     os.close(w)
-    with os.fdopen(r) as f:
-        data = f.read()
+    deadline, data = time.monotonic() + timeout, b""
+    with os.fdopen(r, "rb") as f:
+        while True:             # until EOF: the child (and all it forked) is done
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([f], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(f"the unprivileged child did not finish in {timeout} s")
+            chunk = os.read(f.fileno(), 65536)
+            if not chunk:
+                break
+            data += chunk
     os.waitpid(pid, 0)
     result = json.loads(data)
     assert "crash" not in result, result["crash"]
     return result
+
+
+def check_says(pid, addr, length, *options):
+    """What `pvmmap check PID ADDR LEN [options] --json` says (addr None:
+    `pvmmap check PID`, every range), run in this process as the CLI runs
+    it: (exit status, errno or None, message or None).  A process-level
+    refusal is the command's one-line error."""
+    import io
+    import re
+    from pvmmap.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        where = [] if addr is None else [hex(addr), str(length)]
+        status = main(["check", str(pid), *where, "--json", *options])
+    if not out.getvalue():
+        text = err.getvalue().strip()
+        code = re.match(r"pvmmap check: (.*)", text)
+        assert code, text
+        err_no = next((n for n in errno.errorcode
+                       if code.group(1).startswith(os.strerror(n) + " (")), None)
+        return status, err_no, code.group(1)
+    plan = json.loads(out.getvalue())["ranges"][0]
+    e = plan["error"]
+    return status, e and e["errno"], e and e["message"]
 
 
 def with_grandchild(regions, work):

@@ -2,7 +2,7 @@
 benchmark (benchmarks/harness.py imports it from here).
 
 Run as `python tests/child.py SPEC_JSON`.  SPEC is a list of regions:
-  {"name": str, "kind": "anon"|"shared"|"memfd"|"file"|"shm"|"hugetlb",
+  {"name": str, "kind": "anon"|"shared"|"memfd"|"file"|"shm"|"sysv"|"hugetlb",
    "size": int,
    "fill": "pattern"|"none"|[page indexes], "prot": "rw"|"r"|"w"|"none",
    "seed": int, "path": str (file), "noreserve": bool,
@@ -30,6 +30,8 @@ libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
                       ctypes.c_int, ctypes.c_int, ctypes.c_long]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 PAGE = mmap.PAGESIZE
 PROTS = {"rw": 3, "r": 1, "w": 2, "none": 0, "rx": 5}
 MAP_NORESERVE = 0x4000
@@ -65,6 +67,20 @@ def fill_pattern(addr, size, seed):
     with memoryview((ctypes.c_char * size).from_address(addr)) as raw:
         with raw.cast("B").cast("Q") as words:
             words[1::PAGE // 8] = array("Q", range(npages))
+
+
+def attach_sysv(size):
+    """A SysV shared memory segment of `size`, attached; removed at once
+    (IPC_RMID), so it goes away with the process.  Returns its address."""
+    shmid = libc.shmget(0, size, 0o1000 | 0o600)         # IPC_PRIVATE, IPC_CREAT
+    if shmid < 0:
+        raise OSError(ctypes.get_errno(), "shmget")
+    addr = libc.shmat(shmid, None, 0)
+    err = ctypes.get_errno()
+    libc.shmctl(shmid, 0, None)                          # IPC_RMID
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(err, "shmat")
+    return addr
 
 
 def map_thp(size, flags):
@@ -177,6 +193,9 @@ def main():
         if r.get("thp"):
             assert kind == "anon" and not arena, "thp: anon regions, no 'after'"
             addr = map_thp(size, flags)
+        elif kind == "sysv":
+            assert not arena, "sysv: no 'after'"
+            addr = attach_sysv(size)
         else:
             addr = libc.mmap(want, size, 3, flags, fd, r.get("offset", 0))
         if addr in (None, ctypes.c_void_p(-1).value):

@@ -33,6 +33,7 @@ KIND_SPECS = {
     "shared-anon": dict(kind="shared", size=2 * MiB),
     "memfd": dict(kind="memfd", size=2 * MiB),
     "shared-file": dict(kind="shm", size=MiB),      # multiprocessing.shared_memory
+    "sysv-shm": dict(kind="sysv", size=MiB),        # shmget + shmat
 }
 
 

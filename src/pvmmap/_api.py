@@ -184,7 +184,14 @@ def maps(pid: int) -> List[_maps.Region]:
     a clone is permitted."""
     _contract.check_pid(pid)
     _contract.check_alive(pid)
-    regions = _maps.read_smaps(pid)
+    try:
+        regions = _maps.read_smaps(pid)
+    except PermissionError:
+        # The same cause and advice clone() gives (pvmmap check PID lists
+        # the regions first).
+        cause, hint = _contract.ptrace_denial(pid)
+        raise os_error(errno.EPERM, f"reading /proc/{pid}/smaps: {cause}", pid,
+                       hint=hint) from None
     if not regions:
         _contract.check_alive(pid)          # it became a zombie meanwhile
         raise os_error(errno.ESRCH, "the source has no memory (exiting)", pid)

@@ -183,6 +183,9 @@ def ptrace_denial(pid: int) -> Tuple[str, str]:
     if not have_cap:
         same = their_uids <= set(our_uid + our_gid) | {str(os.getuid()),
                                                          str(os.getgid())}
+        setid = _setid(theirs)
+        if not same and setid:
+            return setid, "ptrace-setuid"
         if not same:
             return who_owns(pid), "ptrace-user"
         # A non-dumpable process's /proc files (not its directory) belong
@@ -201,7 +204,10 @@ def ptrace_denial(pid: int) -> Tuple[str, str]:
     try:
         other_ns = os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
     except OSError:
-        other_ns = False
+        # Reading another namespace's link needs the very access refused:
+        # from a user namespace of our own, a process we cannot see into
+        # is outside it (its uids are unmapped here).
+        other_ns = not _initial_user_ns()
     scope = _yama_scope()
     if scope == 3:
         return "kernel.yama.ptrace_scope=3 forbids ptrace entirely", "ptrace-yama3"
@@ -227,6 +233,28 @@ def freeze_denial(pid: int, err: OSError, start: Optional[int],
     cause, hint = ptrace_denial(pid)
     return os_error(errno.EPERM, f"cannot freeze the source: {cause}", pid, start,
                     length, hint)
+
+
+def _setid(status: Dict[str, str]) -> str:
+    """'it (sleep) runs setuid: real uid 65534, effective uid 0, saved uid
+    0' for a process whose real, effective and saved uids (or gids) are not
+    all the same (a set-user-ID program), else ''."""
+    for what, key in (("uid", "Uid"), ("gid", "Gid")):
+        ids = status.get(key, "").split()[:3]
+        if len(set(ids)) > 1:
+            return (f"it ({status.get('Name', '?')}) runs set{what}: real {what} "
+                    f"{ids[0]}, effective {what} {ids[1]}, saved {what} {ids[2]}")
+    return ""
+
+
+def _initial_user_ns() -> bool:
+    """Whether this process is in the initial user namespace (its uid map
+    is the identity over all 2^32 - 1 uids)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
 
 
 def who_owns(pid: int) -> str:

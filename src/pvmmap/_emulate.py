@@ -115,6 +115,8 @@ def resolve(pid: int, pieces: List[Piece], method: str,
                                pid, p.start, p.length, "map_files")
             p.method = "copy"
             p.route = f"allow_copy, since {why}"
+        if any(p.method == "lazy" for p in pieces):
+            _lazy.require_uffd(pid, pieces[0].start, pieces[-1].end)
         # Shared pieces copied after all: as strictly checked as any copy,
         # with one reading of smaps for all of them.
         unchecked = [p for p in pieces if p.method == "copy" and p.region.flags is None]

@@ -27,6 +27,9 @@ HINTS = {
     "ptrace-dumpable": "only CAP_SYS_PTRACE (root) may read a process that is "
                        "not dumpable (it called prctl(PR_SET_DUMPABLE, 0) or "
                        "changed credentials, e.g. setuid)",
+    "ptrace-setuid": "only CAP_SYS_PTRACE (root) may read a set-user-ID or "
+                     "set-group-ID program (its uids or gids differ, and it is "
+                     "not dumpable)",
     "ptrace-caps": "run with at least the capabilities it holds, or with "
                    "CAP_SYS_PTRACE",
     "ptrace-yama1": "start it as a child of this process, have it call "
@@ -55,6 +58,9 @@ HINTS = {
     "noreplace": "pick a free destination, or use fixed=True to replace it",
     "address-space": "the range must end below the end of the user address space",
     "refused": "this kind of memory cannot be cloned; clone the ranges around it",
+    "lazy-uffd": "method='lazy' needs a userfaultfd: allow userfaultfd(2) "
+                 "(seccomp, vm.unprivileged_userfaultfd, CAP_SYS_PTRACE) or "
+                 "give access to /dev/userfaultfd, or clone with method='copy'",
     "lazy-lost": "the source exited, exec'd or unmapped the range before these "
                  "pages were fetched: they are gone (touching one raises SIGBUS)",
 }

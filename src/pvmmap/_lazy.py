@@ -16,10 +16,12 @@ and its Mapping reports itself closed there.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pvmmap import _native
 from pvmmap._contract import Piece
+from pvmmap._errors import os_error
 
 RW = _native.PROT_READ | _native.PROT_WRITE
 
@@ -43,6 +45,18 @@ def check_readahead(readahead: int) -> int:
         raise ValueError(f"readahead={readahead!r}: a multiple of {page} from "
                          f"{page} to {_native.LAZY_READAHEAD_MAX} bytes")
     return readahead
+
+
+def require_uffd(pid: int, start: int, end: int) -> None:
+    """Raises the errno a userfaultfd cannot be had with (seccomp, no
+    permission, a kernel without it), with what to do, before anything is
+    mapped: the check clone() and `pvmmap check` share."""
+    try:
+        _native.uffd_info()
+    except OSError as e:
+        raise os_error(e.errno or errno.EPERM,
+                       "method='lazy': no userfaultfd can be opened", pid, start,
+                       end - start, "lazy-uffd") from None
 
 
 class SourceFds:
