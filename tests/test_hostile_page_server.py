@@ -19,7 +19,7 @@ import pytest
 
 import pvmmap
 
-from _helpers import leftovers, own_state
+from _helpers import leftovers, own_state, status_of
 
 dump_module = sys.modules["pvmmap.criu.dump"]     # pvmmap.criu.dump is the function
 
@@ -27,18 +27,6 @@ MiB = 1 << 20
 TIMEOUT = 2.0           # the client's answer timeout for these tests (60 s by default)
 SPEC = [{"name": "big", "kind": "anon", "size": 48 * MiB},
         {"name": "shared", "kind": "shared", "size": 1 * MiB}]
-
-
-def status_of(pid):
-    """(State letter, TracerPid) from /proc/PID/status."""
-    state = tracer = None
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("State:"):
-                state = line.split()[1]
-            elif line.startswith("TracerPid:"):
-                tracer = int(line.split()[1])
-    return state, tracer
 
 
 SERVER = r"""

@@ -513,10 +513,14 @@ class _Writer:
         self.pending = []
 
     def discard(self) -> None:
+        """Best effort, never raising over the error that called it: on a
+        read-only filesystem unlink(2) says EROFS even for a name that does
+        not exist (the write check comes before the lookup), which used to
+        replace the dump's own error."""
         for path in [t for t, _ in self.pending] + self.final:
             try:
                 os.unlink(path)
-            except FileNotFoundError:
+            except OSError:
                 pass
         self.pending, self.final = [], []
 
