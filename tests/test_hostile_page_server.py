@@ -133,3 +133,21 @@ def test_refused_connection(tmp_path, source):
     assert os.listdir(tmp_path) == []
     assert leftovers(before) == []
     _check_source_runs(s)
+
+
+def test_cli_dump_to_a_refusing_server_is_one_line(tmp_path, source):
+    """`pvmmap dump --page-server` as a user runs it: one line, exit 1."""
+    s = source(SPEC[:1])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "pvmmap", "dump", str(s.pid),
+                              str(tmp_path), "--page-server", f"127.0.0.1:{port}"],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("pvmmap dump: Connection refused (connecting to the "
+                               f"page server 127.0.0.1:{port}: is `criu page-server"), lines
+    assert os.listdir(tmp_path) == []
+    _check_source_runs(s)
