@@ -80,6 +80,19 @@ def vm_size_kb():
     return 0
 
 
+def status_of(pid):
+    """(State letter, TracerPid) of pid, from /proc/PID/status: a source
+    left stopped shows "t" or "T", one left traced a TracerPid."""
+    state = tracer = None
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("State:"):
+                state = line.split()[1]
+            elif line.startswith("TracerPid:"):
+                tracer = int(line.split()[1])
+    return state, tracer
+
+
 def thread_count():
     return len(os.listdir("/proc/self/task"))
 

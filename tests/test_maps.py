@@ -131,8 +131,11 @@ def python(code, **env):
 
 
 def test_bad_backend_value_names_the_choices():
-    out = python("import pvmmap", PVMMAP_BACKEND="fast")
+    """Import works; the first call that picks a backend says what is wrong
+    (tests/test_environment.py has every entry point and the CLI)."""
+    out = python("import pvmmap; pvmmap.backend", PVMMAP_BACKEND="fast")
     assert out.returncode != 0
+    assert "ConfigError: PVMMAP_BACKEND='fast'" in out.stderr
     assert "auto, native, emulated" in out.stderr
 
 

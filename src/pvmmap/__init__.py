@@ -16,7 +16,7 @@ from __future__ import annotations
 from pvmmap import _native
 from pvmmap._api import clone, maps, munmap, process_vm_mmap, sys_process_vm_mmap
 from pvmmap._contract import Part
-from pvmmap._errors import BACKENDS, METHODS
+from pvmmap._errors import BACKENDS, METHODS, ConfigError
 from pvmmap._features import Features, active_backend, features
 from pvmmap._maps import KINDS, Region
 from pvmmap._native import Mapping
@@ -27,7 +27,7 @@ __all__ = [
     "clone", "process_vm_mmap", "sys_process_vm_mmap", "munmap", "maps",
     "features", "Features", "Mapping", "Part", "Region", "KINDS",
     "PVMMAP_FIXED", "PVMMAP_FIXED_NOREPLACE", "BACKENDS", "METHODS", "backend",
-    "dump", "criu",
+    "dump", "criu", "ConfigError",
 ]
 __version__ = "0.1.0"
 

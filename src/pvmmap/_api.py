@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 from pvmmap import _contract, _emulate, _kernel, _maps, _native
 from pvmmap._contract import ClonePlan, Part, Piece, Verdict
 from pvmmap._errors import METHODS, os_error
-from pvmmap._features import active_backend
+from pvmmap._features import active_backend, check_environment
 from pvmmap._native import Mapping
 
 
@@ -59,7 +59,9 @@ def clone(pid: int, addr: int, length: int, *, dest: int = 0, fixed: bool = Fals
 
 def _backend_for(method: str) -> str:
     """The backend a clone with `method` runs on; ValueError for a method
-    that is not one."""
+    that is not one; ConfigError for a malformed PVMMAP_* variable, whatever
+    the method, so that a bad setting is never silently ignored."""
+    check_environment()
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
     if method == "native" or (method == "auto" and active_backend() == "native"):

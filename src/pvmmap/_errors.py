@@ -16,6 +16,13 @@ import os
 #: The backends PVMMAP_BACKEND accepts; error messages are built from it.
 BACKENDS = ("auto", "native", "emulated")
 
+class ConfigError(ValueError):
+    """A PVMMAP_* environment variable holds a value pvmmap cannot use.
+    Raised by every call that picks a backend (never at import, so that
+    `pvmmap info` and the image reader still work), naming the variable,
+    its value and what it accepts."""
+
+
 #: What clone(method=...) accepts.
 METHODS = ("auto", "native", "copy", "lazy")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from pvmmap import _native
-from pvmmap._errors import BACKENDS
+from pvmmap._errors import BACKENDS, ConfigError
 
 #: Symbols of the native call in /proc/kallsyms (x86_64, arm64, generic).
 SYMBOLS = ("sys_process_vm_mmap", "__x64_sys_process_vm_mmap",
@@ -20,16 +20,44 @@ CAP_SYS_ADMIN = 21
 CAP_CHECKPOINT_RESTORE = 40
 
 
-def _requested() -> str:
-    value = os.environ.get("PVMMAP_BACKEND", "auto") or "auto"
-    if value not in BACKENDS:
-        raise ValueError(f"PVMMAP_BACKEND={value!r}: expected one of "
-                         f"{', '.join(BACKENDS)}")
-    return value
+#: The syscall numbers PVMMAP_SYSCALL_NR accepts.  0 is read() on x86_64
+#: and io_setup() on arm64, never a new call; no table has 4096 entries.
+SYSCALL_NR_RANGE = (1, 4095)
 
 
-#: The backend PVMMAP_BACKEND asks for ("auto" unless forced).
-REQUESTED = _requested()
+def _read_environment() -> Tuple[str, Optional[int], Optional[str]]:
+    """(PVMMAP_BACKEND, PVMMAP_SYSCALL_NR or None, the problem with them
+    or None).  Read once, at import; a bad value is kept as a problem, not
+    raised, so that importing pvmmap always works."""
+    backend = os.environ.get("PVMMAP_BACKEND", "auto") or "auto"
+    if backend not in BACKENDS:
+        return "auto", None, (f"PVMMAP_BACKEND={backend!r} is not a backend: expected "
+                              f"one of {', '.join(BACKENDS)} (or unset for auto)")
+    raw = os.environ.get("PVMMAP_SYSCALL_NR")
+    if not raw:
+        return backend, None, None
+    lo, hi = SYSCALL_NR_RANGE
+    try:
+        nr = int(raw, 0)
+    except ValueError:
+        nr = None
+    if nr is None or not lo <= nr <= hi:
+        return backend, None, (f"PVMMAP_SYSCALL_NR={raw!r} is not a syscall number: "
+                               f"expected an integer from {lo} to {hi} (decimal or 0x "
+                               f"hex), the number of the kernel's process_vm_mmap(), "
+                               f"or unset for pvmmap's own ({_native.DEFAULT_SYSCALL_NR})")
+    return backend, nr, None
+
+
+#: The backend PVMMAP_BACKEND asks for ("auto" unless forced), the number
+#: PVMMAP_SYSCALL_NR gives (None: the default), and what is wrong with them.
+REQUESTED, SYSCALL_NR, ENV_PROBLEM = _read_environment()
+
+
+def check_environment() -> None:
+    """ConfigError if PVMMAP_BACKEND or PVMMAP_SYSCALL_NR is malformed."""
+    if ENV_PROBLEM is not None:
+        raise ConfigError(ENV_PROBLEM)
 
 
 @dataclass(frozen=True)
@@ -64,11 +92,9 @@ def detect_native() -> Tuple[bool, Optional[int], str]:
     """(native call usable, its number, why): the symbol must be in
     /proc/kallsyms and the number must refuse what only process_vm_mmap
     refuses (x86_64 434, the 2019 number, is pidfd_open in mainline)."""
-    env = os.environ.get("PVMMAP_SYSCALL_NR")
-    try:
-        nr = int(env, 0) if env else _native.DEFAULT_SYSCALL_NR
-    except ValueError:
-        return False, None, f"PVMMAP_SYSCALL_NR={env!r} is not a number"
+    check_environment()
+    env = SYSCALL_NR is not None
+    nr = SYSCALL_NR if SYSCALL_NR is not None else _native.DEFAULT_SYSCALL_NR
     try:
         found = _native.kallsyms_find(SYMBOLS)
     except OSError as e:
@@ -98,6 +124,7 @@ def features(refresh: bool = False) -> Features:
     """Features of this kernel and process, detected once (refresh=True
     detects again)."""
     global _features
+    check_environment()
     if _features is not None and not refresh:
         return _features
     native, nr, native_reason = detect_native()
@@ -122,6 +149,7 @@ def features(refresh: bool = False) -> Features:
 def active_backend() -> str:
     """The backend in force; a forced one needs no detection (reading
     /proc/kallsyms costs 60-150 ms once)."""
+    check_environment()
     if REQUESTED != "auto":
         return REQUESTED
     return features().backend

@@ -14,6 +14,7 @@ from typing import Callable, List, Optional, Sequence
 import pvmmap
 from pvmmap.cli import check, clone, dump, info, maps
 from pvmmap.cli._common import UsageError, error_text, pid_arg
+from pvmmap._errors import ConfigError
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -116,6 +117,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return status
     except UsageError as e:
         args.parser.error(str(e))           # exits 2
+    except ConfigError as e:
+        # a bad PVMMAP_* variable: the command line was fine, the
+        # environment is not; one line, no traceback, exit 2 as for usage
+        print(f"pvmmap {args.cmd}: {e}", file=sys.stderr)
+        return 2
     except (OSError, NotImplementedError) as e:
         if isinstance(e, BrokenPipeError):
             _quiet_stdout()

@@ -161,7 +161,11 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
     frozen: Optional[_native.Freeze] = None
     writer = _Writer(directory, pid)
     plan: Optional[_Plan] = None
+    sock: Optional[socket.socket] = None
     try:
+        if server is not None:
+            # before the freeze: a server that is not there costs the source nothing
+            sock = _ps_connect(server, f"{page_server}", pid)
         pagemap_fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         if freeze:
             try:
@@ -183,11 +187,14 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
                 _write_pages_here(writer, pid, mem_fd, plan, stats, done, stage)
             else:
                 stage[0] = f"streaming pages to the page server {page_server}"
-                _stream_pages(server, pid, mem_fd, plan, stats, done)
+                assert sock is not None
+                _stream_pages(sock, pid, mem_fd, plan, stats, done)
         except OSError as e:
             # The errno stays; the message names the pid and the directory
-            # (the cause, chained, has the details).
-            raise os_error(e.errno or errno.EIO, f"{stage[0]} in {directory}", pid,
+            # (the cause, chained, has the details; a page server's
+            # misbehaviour is told in the message itself).
+            why = f": {e.strerror}" if isinstance(e, _PageServerError) else ""
+            raise os_error(e.errno or errno.EIO, f"{stage[0]} in {directory}{why}", pid,
                            hint="") from e
         writer.commit()
         nthreads = frozen.threads if frozen is not None else 0
@@ -199,6 +206,8 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
     finally:
         if frozen is not None:
             frozen.thaw()
+        if sock is not None:
+            sock.close()
         if plan is not None:
             for sh in plan.shmem.values():
                 if sh.fd >= 0:
@@ -504,10 +513,14 @@ class _Writer:
         self.pending = []
 
     def discard(self) -> None:
+        """Best effort, never raising over the error that called it: on a
+        read-only filesystem unlink(2) says EROFS even for a name that does
+        not exist (the write check comes before the lookup), which used to
+        replace the dump's own error."""
         for path in [t for t, _ in self.pending] + self.final:
             try:
                 os.unlink(path)
-            except FileNotFoundError:
+            except OSError:
                 pass
         self.pending, self.final = [], []
 
@@ -649,6 +662,35 @@ def _copy_private(pid: int, mem_fd: int, ranges: Sequence[Tuple[int, int]], fd: 
 
 # ---- CRIU's page server --------------------------------------------------------
 
+class _PageServerError(OSError):
+    """What the page server did wrong, said in the message (dump() keeps it)."""
+
+
+def _ps_connect(server: Tuple[str, int], spec: str, pid: int) -> socket.socket:
+    """A connected socket to the page server, blocking, with every send
+    bounded by ANSWER_TIMEOUT (SO_SNDTIMEO: csrc/dump.c writes to it with
+    write(2), which then fails with EAGAIN instead of blocking forever on a
+    server that stopped reading)."""
+    try:
+        sock = socket.create_connection(server, timeout=ANSWER_TIMEOUT)
+    except socket.timeout:
+        raise os_error(errno.ETIMEDOUT, f"connecting to the page server {spec}: no answer "
+                       f"in {ANSWER_TIMEOUT:.0f} s", pid, hint="") from None
+    except OSError as e:
+        raise os_error(e.errno or errno.EIO, f"connecting to the page server {spec}: is "
+                       f"`criu page-server --port {server[1]}` running there and "
+                       f"reachable?", pid, hint="") from None
+    try:
+        sock.settimeout(None)
+        whole = int(ANSWER_TIMEOUT)
+        tv = struct.pack("@ll", whole, int((ANSWER_TIMEOUT - whole) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _ps_recv(sock: socket.socket, n: int, what: str) -> bytes:
     sock.settimeout(ANSWER_TIMEOUT)
     try:
@@ -656,55 +698,72 @@ def _ps_recv(sock: socket.socket, n: int, what: str) -> bytes:
         while len(data) < n:
             chunk = sock.recv(n - len(data))
             if not chunk:
-                raise OSError(errno.ECONNRESET, f"the page server closed the connection "
-                              f"instead of answering {what}")
+                raise _PageServerError(errno.ECONNRESET, f"the page server closed the "
+                                       f"connection instead of answering {what}")
             data += chunk
         return data
     except socket.timeout:
-        raise OSError(errno.ETIMEDOUT, f"the page server did not answer {what} "
-                      f"in {ANSWER_TIMEOUT:.0f} s") from None
+        raise _PageServerError(errno.ETIMEDOUT, f"the page server did not answer {what} "
+                               f"in {ANSWER_TIMEOUT:.0f} s") from None
     finally:
         sock.settimeout(None)       # blocking again: csrc/dump.c writes to it
 
 
 def _ps_open(sock: socket.socket, dst_id: int) -> None:
     sock.sendall(_PS_IOV.pack(PS_IOV_OPEN2, 0, 0, dst_id))
-    _ps_recv(sock, 1, "PS_IOV_OPEN2")        # has_parent: we send no holes
+    (has_parent,) = _ps_recv(sock, 1, "PS_IOV_OPEN2")    # we send no holes
+    if has_parent not in (0, 1):
+        raise _PageServerError(errno.EPROTO, f"the page server answered PS_IOV_OPEN2 with "
+                               f"{has_parent:#04x}, not 0 or 1: not a criu page-server, "
+                               f"or not speaking its protocol")
 
 
-def _stream_pages(server: Tuple[str, int], pid: int, mem_fd: int, plan: _Plan,
+def _stream_pages(sock: socket.socket, pid: int, mem_fd: int, plan: _Plan,
                   stats: Dict[str, int], done: _Done) -> None:
     """Send every pagemap to a `criu page-server`: for each, PS_IOV_OPEN2
     (answered by one has_parent byte), then one PS_IOV_ADD_F (flags
     PE_PRESENT in the upper 16 bits) per run followed by its pages; at the
     end PS_IOV_CLOSE, answered by an int32 status (criu/page-xfer.c)."""
-    sock = socket.create_connection(server, timeout=ANSWER_TIMEOUT)
     try:
-        sock.settimeout(None)
-        add = PS_IOV_ADD_F | PE_PRESENT << 16
-        buf = bytearray(BUFFER)
-        for shmid, sh in sorted(plan.shmem.items()):
-            dst_id = shmid << 8 | PS_TYPE_SHMEM
-            _ps_open(sock, dst_id)
-            if sh.fd < 0:
-                for s, e, off in sorted(sh.vma_ranges, key=lambda x: x[2]):
-                    _native.dump_pages(pid, [(s, e)], sock.fileno(), buf, mem_fd=mem_fd,
-                                       ps_header=(add, dst_id, s - off), stats=stats)
-                    done.add(e - s)
-                continue
-            for s, e in sh.segments:
-                sock.sendall(_PS_IOV.pack(add, (e - s) // PAGE, s, dst_id))
-                _sendfile(sock.fileno(), sh.fd, s, e - s, done)
-        dst_id = pid << 8 | PS_TYPE_PID
+        _stream(sock, pid, mem_fd, plan, stats, done)
+    except _PageServerError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise _PageServerError(errno.ETIMEDOUT, f"the page server stopped reading "
+                                   f"for {ANSWER_TIMEOUT:.0f} s (stalled, or its disk is "
+                                   f"full: see its log)") from e
+        if e.errno in (errno.EPIPE, errno.ECONNRESET):
+            raise _PageServerError(e.errno, "the page server closed the connection "
+                                   "mid-stream (see its log)") from e
+        raise
+
+
+def _stream(sock: socket.socket, pid: int, mem_fd: int, plan: _Plan,
+            stats: Dict[str, int], done: _Done) -> None:
+    """The protocol itself (see _stream_pages)."""
+    add = PS_IOV_ADD_F | PE_PRESENT << 16
+    buf = bytearray(BUFFER)
+    for shmid, sh in sorted(plan.shmem.items()):
+        dst_id = shmid << 8 | PS_TYPE_SHMEM
         _ps_open(sock, dst_id)
-        for _, unit in _units(plan.private):
-            _native.dump_pages(pid, unit, sock.fileno(), buf, mem_fd=mem_fd,
-                               ps_header=(add, dst_id, 0), stats=stats)
-            done.add(sum(e - s for s, e in unit))
-        sock.sendall(_PS_IOV.pack(PS_IOV_CLOSE, 0, 0, 0))
-        (status,) = struct.unpack("<i", _ps_recv(sock, 4, "PS_IOV_CLOSE"))
-        if status:
-            raise OSError(errno.EIO, f"the page server answered PS_IOV_CLOSE with "
-                          f"status {status}")
-    finally:
-        sock.close()
+        if sh.fd < 0:
+            for s, e, off in sorted(sh.vma_ranges, key=lambda x: x[2]):
+                _native.dump_pages(pid, [(s, e)], sock.fileno(), buf, mem_fd=mem_fd,
+                                   ps_header=(add, dst_id, s - off), stats=stats)
+                done.add(e - s)
+            continue
+        for s, e in sh.segments:
+            sock.sendall(_PS_IOV.pack(add, (e - s) // PAGE, s, dst_id))
+            _sendfile(sock.fileno(), sh.fd, s, e - s, done)
+    dst_id = pid << 8 | PS_TYPE_PID
+    _ps_open(sock, dst_id)
+    for _, unit in _units(plan.private):
+        _native.dump_pages(pid, unit, sock.fileno(), buf, mem_fd=mem_fd,
+                           ps_header=(add, dst_id, 0), stats=stats)
+        done.add(sum(e - s for s, e in unit))
+    sock.sendall(_PS_IOV.pack(PS_IOV_CLOSE, 0, 0, 0))
+    (status,) = struct.unpack("<i", _ps_recv(sock, 4, "PS_IOV_CLOSE"))
+    if status:
+        raise _PageServerError(errno.EIO, f"the page server answered PS_IOV_CLOSE "
+                               f"with status {status}: it failed (see its log)")

@@ -110,6 +110,13 @@ VMA_AREA_VVAR = 1 << 12
 VMA_AREA_AIORING = 1 << 13
 VMA_AREA_MEMFD = 1 << 14
 
+# what a vma_entry may hold: PROT_READ|PROT_WRITE|PROT_EXEC, an address below
+# 2^56 (x86_64 with 5-level page tables: the largest user address space Linux
+# has) but for the vsyscall page, a file offset that fits off_t
+PROT_MASK = 0x7
+USER_END = 1 << 56
+OFF_MAX = (1 << 63) - 1
+
 # file_entry.type (images/fdinfo.proto, enum fd_types)
 FD_TYPE_REG = 1
 FD_TYPE_MEMFD = 18
@@ -845,6 +852,16 @@ def read_dump(directory: str, pid: Optional[int] = None) -> Dump:
         if prev is not None and v.start < prev.end:
             raise ImageError(f"{mm_path}: VMA {v.start:#x}-{v.end:#x} overlaps or precedes "
                              f"{prev.start:#x}-{prev.end:#x}")
+        if v.end > USER_END and not v.status & VMA_AREA_VSYSCALL:
+            raise ImageError(f"{mm_path}: VMA {v.start:#x}-{v.end:#x} ends past {USER_END:#x}, "
+                             f"the end of any Linux user address space")
+        if v.prot & ~PROT_MASK:
+            raise ImageError(f"{mm_path}: VMA {v.start:#x}-{v.end:#x} has protection "
+                             f"{v.prot:#x}: only PROT_READ|PROT_WRITE|PROT_EXEC ({PROT_MASK:#x}) "
+                             f"bits are valid")
+        if v.pgoff % PAGE_SIZE or v.pgoff + v.size > OFF_MAX:
+            raise ImageError(f"{mm_path}: VMA {v.start:#x}-{v.end:#x} has file offset "
+                             f"{v.pgoff:#x}: not page-aligned or past the largest file offset")
         prev = v
 
     files: Dict[int, Dict[str, Any]] = {}

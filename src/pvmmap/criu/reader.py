@@ -28,7 +28,7 @@ import stat
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-from pvmmap import _native
+from pvmmap import _features, _native
 from pvmmap._contract import Part
 from pvmmap.criu import images
 from pvmmap.criu.images import (VMA_ANON_SHARED, VMA_AREA_MEMFD, VMA_AREA_SYSVIPC,
@@ -148,8 +148,14 @@ class Image:
                 raise ImageError(f"{path}: {where} needs bytes {offset:#x}-"
                                  f"{offset + length:#x}, the file has {fsize:#x}")
             checked.append((vaddr - vma.start, fd, offset, length))
+        if size > _features.task_size():
+            raise ImageError(f"{self.directory}: VMA {vma.start:#x}-{vma.end:#x} is "
+                             f"{size:#x} bytes, more than this machine's whole user "
+                             f"address space ({_features.task_size():#x})")
         base = _native.mmap_raw(0, size, RW, _native.MAP_PRIVATE | _native.MAP_ANONYMOUS
-                                | _native.MAP_NORESERVE, what="mapping the image")
+                                | _native.MAP_NORESERVE,
+                                what=f"mapping {where} of the image (no room for it "
+                                f"in this process's address space?)")
         stats: Dict[str, Any] = {"image": self.directory, "mapped_runs": 0,
                                  "copied_bytes": 0, "file": None}
         m: Optional[_native.Mapping] = None
