@@ -261,9 +261,6 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
     if method == "lazy":
         readahead = _lazy.check_readahead(
             _lazy.READAHEAD_DEFAULT if readahead is None else readahead)
-        if freeze:
-            raise ValueError("freeze=True does not apply to method='lazy': its "
-                             "pages are fetched when first touched")
     start, end, mem_fd = admit(pid, src, length, dst, flags, freeze)
     pagemap_fd = -1
     fds = None
