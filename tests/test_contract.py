@@ -240,6 +240,19 @@ def test_no_such_process_is_esrch():
     assert str(NO_SUCH_PID) in str(info.value)
 
 
+def test_pid_beyond_pid_t_is_esrch(anon):
+    """Found by tests/test_fuzz.py: 2^32 + pid names no process, but the
+    kernel's pid_t would truncate it to pid; every entry point says ESRCH
+    before any call (method="native" too, not ENOSYS or another process)."""
+    for pid in (2**32 + anon.pid, 2**31, 2**64):
+        for call in (lambda: pvmmap.process_vm_mmap(pid, anon.addr["a"], PAGE),
+                     lambda: pvmmap.clone(pid, anon.addr["a"], PAGE),
+                     lambda: pvmmap.clone(pid, anon.addr["a"], PAGE, method="native")):
+            with pytest.raises(ProcessLookupError) as info:
+                call()
+            assert str(2**31 - 1) in str(info.value)
+
+
 def test_same_errors_through_clone(anon):
     """clone() reports the contract's errno for the same inputs."""
     cases = [((anon.pid, anon.addr["a"], 0), errno.EINVAL),

@@ -18,6 +18,7 @@ from pvmmap._features import task_size
 from pvmmap._maps import Region
 
 PAGE = _native.PAGESIZE
+PID_T_MAX = 2**31 - 1       # pid_t is an int
 
 
 def page_down(x: int) -> int:
@@ -102,6 +103,11 @@ def check_args(pid: int, src: int, length: int, flags: int) -> Tuple[int, int]:
     if end > task_size():
         raise os_error(errno.EINVAL, "range beyond the user address space", pid,
                        src, length, "address-space")
+    if pid > PID_T_MAX:
+        # No process has it; the kernel's pid_t would take it modulo 2^32
+        # and name another process (2^32 + 1 is init).
+        raise os_error(errno.ESRCH, f"no process can have a pid above {PID_T_MAX}",
+                       pid, src, length)
     return start, end
 
 
