@@ -187,7 +187,7 @@ def admit(pid: int, src: int, length: int, dst: int, flags: int,
     """The checks clone() makes before it looks at the source's VMAs: the
     arguments, then the process.  Returns (start, end, mem_fd): the
     page-rounded range and /proc/PID/mem, open, for the caller to close."""
-    start, end = _contract.check_args(pid, src, length, flags)
+    start, end = _contract.check_args(pid, src, length, flags, dst)
     if freeze and pid == os.getpid():
         raise os_error(errno.EINVAL, "freeze=True cannot stop the calling "
                        "process", pid, src, length, "freeze-self")
