@@ -13,7 +13,7 @@ Run as `python tests/child.py SPEC_JSON`.  SPEC is a list of regions:
    laid out in order, each region right after the one before)}
 It prints one JSON line {name: address, ..., "pid": pid}, then serves JSON
 commands on stdin, one per line (write, read, prot, pkey, unmap, spin,
-uffd, close, fork, exit), answering each.
+uffd, close, fork, thread, exit), answering each.
 """
 import ctypes
 import json
@@ -138,6 +138,22 @@ def start_spinner(first, last):
     threading.Thread(target=spin, daemon=True).start()
 
 
+def start_idle_thread():
+    """A thread that sleeps until the process exits; returns its tid (a
+    task id that is not the process's pid)."""
+    import threading
+    started, tid = threading.Event(), []
+
+    def idle():
+        tid.append(threading.get_native_id())
+        started.set()
+        threading.Event().wait()
+
+    threading.Thread(target=idle, daemon=True).start()
+    started.wait(10)
+    return tid[0]
+
+
 def register_uffd(addr, n):
     """Register [addr, addr+n) with a new userfaultfd (missing mode); returns
     the fd, which must stay open for the registration to last."""
@@ -253,6 +269,8 @@ def main():
             print(json.dumps({"ok": rc == 0}), flush=True)
         elif op == "fork":
             print(json.dumps(time_fork()), flush=True)
+        elif op == "thread":
+            print(json.dumps({"tid": start_idle_thread()}), flush=True)
     for obj in keep:
         if not isinstance(obj, int):
             obj.close()
@@ -297,6 +315,10 @@ class Source:
         """Registers [addr, addr+n) with a new userfaultfd held by the
         source; returns its fd number there."""
         return self._ask(op="uffd", addr=addr, n=n)["fd"]
+
+    def start_thread(self):
+        """Starts an idle thread in the source; returns its tid."""
+        return self._ask(op="thread")["tid"]
 
     def close_fd(self, fd):
         assert self._ask(op="close", fd=fd)["ok"]

@@ -240,6 +240,37 @@ def test_no_such_process_is_esrch():
     assert str(NO_SUCH_PID) in str(info.value)
 
 
+def test_pid_beyond_pid_t_is_esrch(anon):
+    """Found by tests/test_fuzz.py: 2^32 + pid names no process, but the
+    kernel's pid_t would truncate it to pid; every entry point says ESRCH
+    before any call (method="native" too, not ENOSYS or another process)."""
+    for pid in (2**32 + anon.pid, 2**31, 2**64):
+        for call in (lambda: pvmmap.process_vm_mmap(pid, anon.addr["a"], PAGE),
+                     lambda: pvmmap.clone(pid, anon.addr["a"], PAGE),
+                     lambda: pvmmap.clone(pid, anon.addr["a"], PAGE, method="native")):
+            with pytest.raises(ProcessLookupError) as info:
+                call()
+            assert str(2**31 - 1) in str(info.value)
+
+
+def test_destination_beyond_unsigned_long_is_einval(anon):
+    """Found by tests/test_fuzz.py: a destination below 0 or at 2^64 and
+    above raised OverflowError ("can't convert negative value to size_t")
+    once the source had been planned; it is EINVAL with the argument
+    checks, hint or fixed alike, and maps nothing."""
+    before = own_state()
+    for dst in (-1, -PAGE, 2**64, 2**70):
+        for flags in (0, 1, 2):
+            with pytest.raises(OSError) as info:
+                pvmmap.process_vm_mmap(anon.pid, anon.addr["a"], PAGE, dst, flags)
+            assert info.value.errno == errno.EINVAL and "destination" in str(info.value)
+        for kw in ({}, {"fixed": True}, {"noreplace": True}):
+            with pytest.raises(OSError) as info:
+                pvmmap.clone(anon.pid, anon.addr["a"], PAGE, dest=dst, **kw)
+            assert info.value.errno == errno.EINVAL and "destination" in str(info.value)
+    assert leftovers(before) == []
+
+
 def test_same_errors_through_clone(anon):
     """clone() reports the contract's errno for the same inputs."""
     cases = [((anon.pid, anon.addr["a"], 0), errno.EINVAL),

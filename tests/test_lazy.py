@@ -165,6 +165,18 @@ def test_readahead_is_validated(source):
         pvmmap.clone(s.pid, s.addr["r"], MiB, method="lazy", freeze=True)
 
 
+def test_plan_refuses_lazy_freeze_as_clone_does(source):
+    """Found by tests/test_fuzz.py: plan_clone(method="lazy", freeze=True)
+    said the clone would succeed, and clone() raised ValueError; and clone()
+    raised it even for arguments it would refuse with EINVAL."""
+    from pvmmap._api import plan_clone
+    s = source([dict(name="r", kind="anon", size=MiB)])
+    for pid, addr, length in ((s.pid, s.addr["r"], MiB), (s.pid, s.addr["r"], 0)):
+        for call in (pvmmap.clone, plan_clone):
+            with pytest.raises(ValueError, match="freeze"):
+                call(pid, addr, length, method="lazy", freeze=True)
+
+
 def test_threads_running_numpy_reductions_over_one_lazy_mapping(source, clones):
     size = 64 * MiB
     s = source([dict(name="r", kind="anon", size=size, seed=8)])

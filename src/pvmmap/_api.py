@@ -40,7 +40,7 @@ def clone(pid: int, addr: int, length: int, *, dest: int = 0, fixed: bool = Fals
     chunk) was first touched.  A shared clone stays shared.
     Raises OSError with the errno process_vm_mmap() would give.
     """
-    backend = _backend_for(method)
+    backend = _backend_for(method, freeze)
     if method != "lazy" and (readahead is not None or prefetch):
         raise ValueError("readahead and prefetch apply to method='lazy' only")
     flags = 0
@@ -57,13 +57,18 @@ def clone(pid: int, addr: int, length: int, *, dest: int = 0, fixed: bool = Fals
     return _contract.to_mapping(pid, addr, length, made)
 
 
-def _backend_for(method: str) -> str:
+def _backend_for(method: str, freeze: bool) -> str:
     """The backend a clone with `method` runs on; ValueError for a method
-    that is not one; ConfigError for a malformed PVMMAP_* variable, whatever
-    the method, so that a bad setting is never silently ignored."""
+    that is not one, or freeze=True with method='lazy' (clone() and
+    plan_clone() refuse the same options); ConfigError for a malformed
+    PVMMAP_* variable, whatever the method, so that a bad setting is never
+    silently ignored."""
     check_environment()
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+    if freeze and method == "lazy":
+        raise ValueError("freeze=True does not apply to method='lazy': its "
+                         "pages are fetched when first touched")
     if method == "native" or (method == "auto" and active_backend() == "native"):
         return "native"
     return "emulated"
@@ -83,7 +88,7 @@ def plan_clone(pid: int, addr: int, length: int, *, method: str = "auto",
     or the error that VMA alone is refused with.  freeze=True is checked as
     clone() checks it (not on yourself), but no thread is stopped: whether
     the source can be stopped (another tracer) shows only when it is."""
-    backend = _backend_for(method)
+    backend = _backend_for(method, freeze)
     err: Optional[OSError] = None
     pieces: List[Piece] = []
     if backend == "native":

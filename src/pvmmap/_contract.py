@@ -18,6 +18,7 @@ from pvmmap._features import task_size
 from pvmmap._maps import Region
 
 PAGE = _native.PAGESIZE
+PID_T_MAX = 2**31 - 1       # pid_t is an int
 
 
 def page_down(x: int) -> int:
@@ -82,15 +83,20 @@ class Clone:
 
 # ---- the EINVAL, ESRCH and EPERM checks ------------------------------------
 
-def check_args(pid: int, src: int, length: int, flags: int) -> Tuple[int, int]:
+def check_args(pid: int, src: int, length: int, flags: int,
+               dst: int = 0) -> Tuple[int, int]:
     """The contract's EINVAL cases.  Returns the page-rounded (start, end)."""
     for name, v in (("pid", pid), ("address", src), ("length", length),
-                    ("flags", flags)):
+                    ("flags", flags), ("destination", dst)):
         if not isinstance(v, int):
             raise TypeError(f"{name} must be an int, not {type(v).__name__}")
     if flags & ~(_native.FIXED | _native.FIXED_NOREPLACE) or flags < 0:
         raise os_error(errno.EINVAL, f"unknown flags {flags:#x}", pid, src, length,
                        "flags")
+    if not 0 <= dst < 1 << 64:
+        # The call's dst_addr is an unsigned long: no hint, no place.
+        raise os_error(errno.EINVAL, f"destination {dst:#x} is not an address",
+                       pid, src, length, "destination")
     if length <= 0:
         raise os_error(errno.EINVAL, "length must be positive", pid, src, length)
     if page_down(src) <= 0:
@@ -102,6 +108,11 @@ def check_args(pid: int, src: int, length: int, flags: int) -> Tuple[int, int]:
     if end > task_size():
         raise os_error(errno.EINVAL, "range beyond the user address space", pid,
                        src, length, "address-space")
+    if pid > PID_T_MAX:
+        # No process has it; the kernel's pid_t would take it modulo 2^32
+        # and name another process (2^32 + 1 is init).
+        raise os_error(errno.ESRCH, f"no process can have a pid above {PID_T_MAX}",
+                       pid, src, length)
     return start, end
 
 

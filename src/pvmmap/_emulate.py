@@ -189,7 +189,7 @@ def admit(pid: int, src: int, length: int, dst: int, flags: int,
     """The checks clone() makes before it looks at the source's VMAs: the
     arguments, then the process.  Returns (start, end, mem_fd): the
     page-rounded range and /proc/PID/mem, open, for the caller to close."""
-    start, end = _contract.check_args(pid, src, length, flags)
+    start, end = _contract.check_args(pid, src, length, flags, dst)
     if freeze and pid == os.getpid():
         raise os_error(errno.EINVAL, "freeze=True cannot stop the calling "
                        "process", pid, src, length, "freeze-self")
@@ -263,9 +263,6 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
     if method == "lazy":
         readahead = _lazy.check_readahead(
             _lazy.READAHEAD_DEFAULT if readahead is None else readahead)
-        if freeze:
-            raise ValueError("freeze=True does not apply to method='lazy': its "
-                             "pages are fetched when first touched")
     start, end, mem_fd = admit(pid, src, length, dst, flags, freeze)
     pagemap_fd = -1
     fds = None

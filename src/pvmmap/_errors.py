@@ -63,6 +63,8 @@ HINTS = {
     "freeze-self": "a process cannot stop itself; clone without freeze=True",
     "overlap": "pick a destination outside the source range, or drop fixed=True",
     "noreplace": "pick a free destination, or use fixed=True to replace it",
+    "destination": "give a destination from 0 to 2^64 - 1 (0: let the kernel "
+                   "choose)",
     "address-space": "the range must end below the end of the user address space",
     "refused": "this kind of memory cannot be cloned; clone the ranges around it",
     "lazy-uffd": "method='lazy' needs a userfaultfd: allow userfaultfd(2) "

@@ -32,7 +32,7 @@ def sys_process_vm_mmap(pid: int, src: int, length: int, dst: int,
 
 def process_vm_mmap(pid: int, src: int, length: int, dst: int, flags: int) -> int:
     """The exact contract: the EINVAL checks here, the rest by the kernel."""
-    _contract.check_args(pid, src, length, flags)
+    _contract.check_args(pid, src, length, flags, dst)
     return sys_process_vm_mmap(pid, src, length, dst, flags)
 
 
@@ -43,7 +43,7 @@ def _nothing_copied(region: _maps.Region) -> bool:
 def clone(pid: int, src: int, length: int, dst: int, flags: int) -> Clone:
     """Clone a range that may span adjacent VMAs: one call when it is one
     VMA, else one call per VMA into a reserved destination."""
-    start, end = _contract.check_args(pid, src, length, flags)
+    start, end = _contract.check_args(pid, src, length, flags, dst)
     total = end - start
     nr = syscall_nr(pid, src, length)
     try:
