@@ -183,10 +183,11 @@ def _copier(method: str) -> Callable[[Region], bool]:
 
 
 def admit(pid: int, src: int, length: int, dst: int, flags: int,
-          freeze: bool) -> Tuple[int, int, int]:
+          freeze: bool) -> Tuple[int, int, int, int]:
     """The checks clone() makes before it looks at the source's VMAs: the
-    arguments, then the process.  Returns (start, end, mem_fd): the
-    page-rounded range and /proc/PID/mem, open, for the caller to close."""
+    arguments, then the process.  Returns (start, end, pidfd, mem_fd): the
+    page-rounded range, the process pinned (_contract.pin, -1 if it could
+    not be) and /proc/PID/mem, both open for the caller to close."""
     start, end = _contract.check_args(pid, src, length, flags)
     if freeze and pid == os.getpid():
         raise os_error(errno.EINVAL, "freeze=True cannot stop the calling "
@@ -197,7 +198,7 @@ def admit(pid: int, src: int, length: int, dst: int, flags: int,
         # replaces nothing: it says EEXIST, as the kernel port does).
         raise os_error(errno.EINVAL, "a FIXED destination overlaps the source "
                        "range in the same process", pid, src, length, "overlap")
-    return start, end, _contract.check_process(pid, start, end - start)
+    return (start, end) + _contract.open_source(pid, start, end - start)
 
 
 def choose(pid: int, start: int, end: int, single: bool, method: str,
@@ -264,7 +265,7 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
         if freeze:
             raise ValueError("freeze=True does not apply to method='lazy': its "
                              "pages are fetched when first touched")
-    start, end, mem_fd = admit(pid, src, length, dst, flags, freeze)
+    start, end, pidfd, mem_fd = admit(pid, src, length, dst, flags, freeze)
     pagemap_fd = -1
     fds = None
     pieces: List[Piece] = []
@@ -292,6 +293,10 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
                     lazies.append(_lazy.place(pid, p, daddr, fds, readahead))
                 else:
                     place(pid, p, daddr, mem_fd, pagemap_fd, stats)
+            # The maps, pagemap and process_vm_readv(pid) reads above went
+            # by pid: they were the source's only if it was never reaped.
+            # (A lazy clone's later faults read its pinned mem fd.)
+            _contract.check_pinned(pidfd, pid, start, end - start)
             if prefetch:
                 for lz in lazies:
                     lz.prefetch()
@@ -309,6 +314,8 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
         if fds is not None:
             fds.close()
         os.close(mem_fd)
+        if pidfd >= 0:
+            os.close(pidfd)
         if pagemap_fd >= 0:
             os.close(pagemap_fd)
 

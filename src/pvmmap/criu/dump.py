@@ -156,7 +156,7 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
     if not os.path.isdir(directory):
         err = errno.ENOTDIR if os.path.exists(directory) else errno.ENOENT
         raise os_error(err, f"dump directory {directory}", pid, hint="")
-    mem_fd = _contract.check_process(pid, None, None)
+    pidfd, mem_fd = _contract.open_source(pid, None, None)
     pagemap_fd = -1
     frozen: Optional[_native.Freeze] = None
     writer = _Writer(directory, pid)
@@ -189,6 +189,9 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
             # (the cause, chained, has the details).
             raise os_error(e.errno or errno.EIO, f"{stage[0]} in {directory}", pid,
                            hint="") from e
+        # The plan and the pages were read by pid: the source's only if it
+        # was never reaped meanwhile (pvmmap._contract.pin).
+        _contract.check_pinned(pidfd, pid, None, None)
         writer.commit()
         nthreads = frozen.threads if frozen is not None else 0
         return DumpResult(pid, directory, list(writer.final), total // PAGE, total,
@@ -206,6 +209,8 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
         if pagemap_fd >= 0:
             os.close(pagemap_fd)
         os.close(mem_fd)
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
 class _Done:
