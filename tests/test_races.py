@@ -12,13 +12,16 @@ import errno
 import mmap
 import os
 import signal
+import socket
+import sys
 
 import pytest
 
 import pvmmap
 from pvmmap import _contract, _emulate, _native
-from pvmmap.criu import dump as criu_dump
 from _helpers import in_pid_namespace, leftovers, own_state
+
+criu_dump = sys.modules["pvmmap.criu.dump"]   # the package's dump is the function
 
 PAGE = mmap.PAGESIZE
 REUSE_ROUNDS = 100
@@ -139,3 +142,128 @@ def test_pid_reuse_eager_never_reads_the_impostor(module, name, kw):
     outcomes = {r["got"] for r in reports}
     assert outcomes <= {"V", "ESRCH"}, outcomes
     assert [r["left"] for r in reports if r["left"]] == []
+
+
+@emulated_only
+def test_pid_reuse_lazy_faults_never_read_the_impostor():
+    """The lazy server reads the pinned /proc/PID/mem: once the source is
+    gone, populate() says ESRCH, every page is lost, and a touch is SIGBUS
+    (the last round touches one and dies of it), however the pid is reused."""
+    if not pvmmap.features().uffd:
+        pytest.skip("no userfaultfd here: lazy clones are unavailable")
+
+    def body(report):
+        h = Holders(4)
+        for i in range(REUSE_ROUNDS):
+            victim = h.start(b"V")
+            m = pvmmap.clone(victim, h.addr, h.size, method="lazy")
+            h.replace(victim)
+            try:
+                m.populate()
+                got = "populated"
+            except OSError as e:
+                got = "ESRCH" if e.errno == errno.ESRCH else f"errno {e.errno}"
+            report({"got": got, "lost": m.lost})
+            if i == REUSE_ROUNDS - 1:
+                m[0]                        # SIGBUS: nothing may come back
+                report({"got": "touch returned"})
+            m.close()
+            h.close()
+    reports, code = in_pid_namespace(body)
+    assert code == -signal.SIGBUS
+    assert len(reports) == REUSE_ROUNDS
+    assert {r["got"] for r in reports} == {"ESRCH"}
+    assert {r["lost"] for r in reports} == {4}
+
+
+class PageSink:
+    """A page server that answers CRIU's protocol and keeps the pages."""
+
+    def __init__(self):
+        import threading
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(30)
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.pages = bytearray()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        import struct
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        conn.settimeout(30)
+        with conn:
+            def need(n):
+                data = b""
+                while len(data) < n:
+                    chunk = conn.recv(n - len(data))
+                    if not chunk:
+                        raise EOFError
+                    data += chunk
+                return data
+            try:
+                while True:
+                    cmd, nr, _, _ = struct.unpack("<IIQQ", need(24))
+                    if cmd == criu_dump.PS_IOV_OPEN2:
+                        conn.sendall(b"\0")
+                    elif cmd & 0xFFFF == criu_dump.PS_IOV_ADD_F:
+                        self.pages += need(nr * PAGE)
+                    elif cmd == criu_dump.PS_IOV_CLOSE:
+                        conn.sendall(struct.pack("<i", 0))
+                        return
+            except (EOFError, OSError):
+                return
+
+    def close(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)    # wakes accept()
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the page sink did not stop"
+
+
+DUMP_HOOKS = [
+    (criu_dump, "_make_plan", {"freeze": False}),
+    (criu_dump, "_make_plan", {}),
+    (_native, "Freeze", {}),
+    (criu_dump, "_write_metadata", {"freeze": False}),
+]
+
+
+@emulated_only
+@pytest.mark.parametrize("stream", [False, True], ids=["files", "page-server"])
+@pytest.mark.parametrize("module,name,kw", DUMP_HOOKS,
+                         ids=[f"{n}{'-nofreeze' if k else ''}" for _, n, k in DUMP_HOOKS])
+def test_pid_reuse_dump_never_writes_the_impostor(tmp_path, module, name, kw, stream):
+    def body(report):
+        h = Holders(4)
+        for i in range(REUSE_ROUNDS // 4):          # a dump costs more
+            victim = h.start(b"V")
+            out = tmp_path / str(i)
+            out.mkdir()
+            sink = PageSink() if stream else None
+            undo = _hooked(module, name, lambda: h.replace(victim))
+            try:
+                pvmmap.dump(victim, out, page_server=sink and sink.address, **kw)
+                got = "dumped"
+            except OSError as e:
+                got = "ESRCH" if e.errno == errno.ESRCH else f"errno {e.errno}: {e}"
+            finally:
+                undo()
+                if sink:
+                    sink.close()
+            written = b"".join(p.read_bytes() for p in out.iterdir())
+            if sink:
+                written += bytes(sink.pages)
+            report({"got": got, "files": sorted(p.name for p in out.iterdir()),
+                    "impostor": written.count(b"I" * PAGE)})
+            h.close()
+    reports, code = in_pid_namespace(body)
+    assert code == 0 and len(reports) == REUSE_ROUNDS // 4
+    assert {r["got"] for r in reports} == {"ESRCH"}
+    assert [r for r in reports if r["files"] or r["impostor"]] == []

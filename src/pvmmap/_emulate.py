@@ -300,10 +300,12 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
             if prefetch:
                 for lz in lazies:
                     lz.prefetch()
-        except BaseException:
+        except BaseException as e:
             for lz in lazies:
                 lz.close()
             _native.munmap_raw(base, end - start)
+            if isinstance(e, OSError):      # the source gone: ESRCH says why
+                _contract.check_pinned(pidfd, pid, start, end - start)
             raise
         finally:
             if frozen is not None:
