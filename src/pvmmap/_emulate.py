@@ -172,6 +172,26 @@ def place(pid: int, piece: Piece, daddr: int, mem_fd: int, pagemap_fd: int,
         _native.mprotect_raw(daddr, p.length, r.prot)
 
 
+def check_unchanged(pid: int, pieces: Sequence[Piece], start: int, end: int) -> None:
+    """EFAULT if a VMA a piece was copied from is no longer where the plan
+    found it.  A range unmapped or moved (mremap) after planning reads as
+    holes to the scan: the copy would be zeros the source never held there
+    and report success.  Costs a maps lookup of the range."""
+    copied = [p for p in pieces if p.method in ("copy", "file")]
+    if not copied:
+        return
+    regions = _maps.read_maps(pid, start, end)
+    if not regions and not _maps.has_memory(pid):
+        raise os_error(errno.ESRCH, "the source exited during the copy", pid, start,
+                       end - start)
+    now = {(r.start, r.end, r.inode) for r in regions}
+    for p in copied:
+        if (p.region.start, p.region.end, p.region.inode) not in now:
+            raise os_error(errno.EFAULT, f"the source unmapped or moved "
+                           f"{p.region.start:#x}-{p.region.end:#x} during the copy",
+                           pid, start, end - start, "maps")
+
+
 def _copier(method: str) -> Callable[[Region], bool]:
     """copied(region) for _contract.plan: does the strategy copy its pages
     at the call?  (A lazy piece reads nothing then, like a shared one.)"""
@@ -297,6 +317,7 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
             # by pid: they were the source's only if it was never reaped.
             # (A lazy clone's later faults read its pinned mem fd.)
             _contract.check_pinned(pidfd, pid, start, end - start)
+            check_unchanged(pid, pieces, start, end)
             if prefetch:
                 for lz in lazies:
                     lz.prefetch()
