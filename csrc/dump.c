@@ -82,7 +82,9 @@ static int read_mem(int mem_fd, uintptr_t addr, char *dst, size_t len,
 /*
  * Read the n pieces (addr[i], len[i]) into dst, in order.  process_vm_readv
  * stops at the first byte it cannot read; that piece's rest comes from
- * mem_fd, then readv goes on with the next.  Returns 0 or -1 with errno.
+ * mem_fd, then readv goes on with the next.  pid 0: mem_fd only, for a
+ * source that could be reaped and its pid recycled meanwhile (mem_fd holds
+ * its mm; a pid does not).  Returns 0 or -1 with errno.
  */
 static int read_pieces(pid_t pid, int mem_fd, struct iovec *remote, size_t n,
                        char *dst, struct pvmmap_dump_stats *st)
@@ -93,8 +95,11 @@ static int read_pieces(pid_t pid, int mem_fd, struct iovec *remote, size_t n,
         for (size_t k = i; k < n; k++)
             total += remote[k].iov_len;
         struct iovec local = { dst, total };
-        ssize_t got = process_vm_readv(pid, &local, 1, remote + i, n - i, 0);
-        st->calls++;
+        ssize_t got = 0;
+        if (pid > 0) {
+            got = process_vm_readv(pid, &local, 1, remote + i, n - i, 0);
+            st->calls++;
+        }
         if (got < 0) {
             if (errno == EINTR)
                 continue;

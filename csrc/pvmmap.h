@@ -298,7 +298,8 @@ struct pvmmap_ps_header {
  * (buf_size bytes, at least a page and a header; reused, so it stays in
  * cache) and write them to out_fd, with `ps`'s header before each range (or
  * before each 4 GiB of one) unless ps is NULL.  process_vm_readv first,
- * `mem_fd` (/proc/PID/mem, or -1) where it stops short.  Adds to *st.
+ * `mem_fd` (/proc/PID/mem, or -1) where it stops short; pid 0: mem_fd
+ * only (it pins the source's mm; a pid can be recycled).  Adds to *st.
  * Returns 0, or -1 with errno (EFAULT: a page neither path could read;
  * the write's errno for the output).  What was written stays written. */
 int pvmmap_dump_pages(pid_t pid, int mem_fd, const struct pvmmap_range *r,

@@ -326,3 +326,75 @@ def with_grandchild(regions, work):
     finally:
         os.close(w)
         os.waitpid(gpid, 0)
+
+
+CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
+
+
+def in_pid_namespace(body, timeout=120):
+    """Run body(report) as pid 1 of a new pid namespace with its own /proc
+    (root only: skips otherwise), in a forked child; report(obj) sends one
+    JSON object back.  Returns (the reported objects, how pid 1 ended: its
+    exit code, or -signal).  Bounded: past `timeout` seconds the namespace
+    is killed and the test fails."""
+    import select
+    import signal
+    import time
+    if os.geteuid() != 0:
+        pytest.skip("a new pid namespace and /proc mount need root")
+    libc = ctypes.CDLL(None, use_errno=True)
+    r, w = os.pipe()
+    outer = os.fork()
+    if outer == 0:                          # unshares, then waits for pid 1
+        code = 1
+        try:
+            os.close(r)
+            if libc.unshare(CLONE_NEWPID | CLONE_NEWNS):
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWPID|CLONE_NEWNS)")
+            init = os.fork()
+            if init == 0:
+                code = 1
+                try:
+                    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+                    # Our mounts stay ours: a private / first, then /proc of
+                    # the new namespace over the old one.
+                    if libc.mount(None, b"/", None, 0x4000 | 0x40000, None):  # MS_REC|MS_PRIVATE
+                        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+                    if libc.mount(b"proc", b"/proc", b"proc", 0, None):
+                        raise OSError(ctypes.get_errno(), "mount proc")
+                    body(lambda obj: os.write(w, (json.dumps(obj) + "\n").encode()))
+                    code = 0
+                except BaseException as e:  # report, never return into pytest
+                    os.write(w, (json.dumps({"crash": repr(e)}) + "\n").encode())
+                finally:
+                    os._exit(code)
+            os.close(w)
+            _, status = os.waitpid(init, 0)
+            code = os.waitstatus_to_exitcode(status) & 0xFF
+            if os.WIFSIGNALED(status):
+                code = 128 + os.WTERMSIG(status)
+        except BaseException as e:
+            os.write(w, (json.dumps({"crash": repr(e)}) + "\n").encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    data, deadline = b"", time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"the pid namespace's work took over {timeout} s"
+            if select.select([r], [], [], left)[0]:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    break
+                data += chunk
+    finally:
+        os.close(r)
+        if time.monotonic() >= deadline:
+            os.kill(outer, signal.SIGKILL)
+        _, status = os.waitpid(outer, 0)
+    reports = [json.loads(line) for line in data.decode().splitlines()]
+    crashes = [x["crash"] for x in reports if "crash" in x]
+    assert not crashes, crashes
+    code = os.waitstatus_to_exitcode(status)
+    return reports, 128 - code if code > 128 else code

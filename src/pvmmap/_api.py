@@ -104,8 +104,10 @@ def plan_clone(pid: int, addr: int, length: int, *, method: str = "auto",
                 raise
             err = e
     else:
-        start, end, mem_fd = _emulate.admit(pid, addr, length, 0, 0, freeze)
+        start, end, pidfd, mem_fd = _emulate.admit(pid, addr, length, 0, 0, freeze)
         os.close(mem_fd)
+        if pidfd >= 0:
+            os.close(pidfd)
         try:
             pieces = _emulate.choose(pid, start, end, False, method, allow_copy)
             _emulate.close_fds(pieces)

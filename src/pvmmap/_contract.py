@@ -158,6 +158,56 @@ def check_process(pid: int, start: Optional[int], length: Optional[int]) -> int:
                        pid, start, length, hint) from None
 
 
+#: pidfd_open's flag for a thread rather than a thread-group leader (6.9).
+PIDFD_THREAD = os.O_EXCL
+
+
+def pin(pid: int) -> int:
+    """A pidfd for `pid`, taken before any other look at the process, so
+    that pinned_alive() can tell afterwards whether the pid still names the
+    process every /proc/PID read and process_vm_readv(pid) in between went
+    to.  -1 where the kernel gives none (no such pid: check_process says
+    so; pidfd_open before 5.3; a thread id before 6.9): then nothing is
+    pinned."""
+    for flags in (0, PIDFD_THREAD):
+        try:
+            return os.pidfd_open(pid, flags)
+        except OSError as e:
+            if e.errno != errno.EINVAL:     # ESRCH, ENOSYS, EMFILE: unpinned
+                return -1
+    return -1
+
+
+def check_pinned(pidfd: int, pid: int, start: Optional[int],
+                 length: Optional[int]) -> None:
+    """ESRCH unless the process pin() took is still unreaped: a pid is only
+    recycled once its process is reaped, so while it is not, every read by
+    pid since pin() was of that process.  Costs one pidfd_send_signal."""
+    import signal
+    if pidfd < 0:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        raise os_error(errno.ESRCH, "the source exited during the call (its pid "
+                       "may name another process now)", pid, start, length) from None
+    except PermissionError:
+        pass                # kill() is not ours to send, but the process lives
+
+
+def open_source(pid: int, start: Optional[int],
+                length: Optional[int]) -> Tuple[int, int]:
+    """pin() then check_process(): (pidfd or -1, /proc/PID/mem fd), both
+    for the caller to close; closes the pidfd if a check fails."""
+    pidfd = pin(pid)
+    try:
+        return pidfd, check_process(pid, start, length)
+    except BaseException:
+        if pidfd >= 0:
+            os.close(pidfd)
+        raise
+
+
 CAP_SYS_PTRACE = 19
 
 

@@ -4,13 +4,15 @@
 from libc.stdlib cimport malloc
 
 def dump_pages(long pid, ranges, int out_fd, buf, *, int mem_fd=-1,
-               ps_header=None, dict stats=None):
+               ps_header=None, dict stats=None, bint by_pid=True):
     """Write the pages of `ranges` ((start, end) pairs, page-aligned, in
     order) of `pid` to out_fd, read through the writable buffer `buf`
     (reused between calls, so it stays in cache); /proc/PID/mem (mem_fd)
     where process_vm_readv cannot read.  ps_header: (cmd, dst_id, shift) to
     put CRIU's page_server_iov before each range.  GIL released.  Adds
-    bytes_readv, bytes_mem, calls, bytes_out to `stats`."""
+    bytes_readv, bytes_mem, calls, bytes_out to `stats`.  by_pid=False:
+    read through mem_fd only (the pid is used in messages), for a source
+    not frozen, whose pid could be recycled during the call."""
     cdef pvmmap_range *r
     cdef size_t n = len(ranges), i
     cdef pvmmap_dump_stats st
@@ -33,7 +35,7 @@ def dump_pages(long pid, ranges, int out_fd, buf, *, int mem_fd=-1,
         PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
         try:
             with nogil:
-                rc = pvmmap_dump_pages(<pid_t>pid, mem_fd, r, n, out_fd, view.buf,
+                rc = pvmmap_dump_pages(<pid_t>pid if by_pid else 0, mem_fd, r, n, out_fd, view.buf,
                                        <size_t>view.len, php, &st)
                 err = errno
         finally:

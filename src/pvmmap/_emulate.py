@@ -174,6 +174,26 @@ def place(pid: int, piece: Piece, daddr: int, mem_fd: int, pagemap_fd: int,
         _native.mprotect_raw(daddr, p.length, r.prot)
 
 
+def check_unchanged(pid: int, pieces: Sequence[Piece], start: int, end: int) -> None:
+    """EFAULT if a VMA a piece was copied from is no longer where the plan
+    found it.  A range unmapped or moved (mremap) after planning reads as
+    holes to the scan: the copy would be zeros the source never held there
+    and report success.  Costs a maps lookup of the range."""
+    copied = [p for p in pieces if p.method in ("copy", "file")]
+    if not copied:
+        return
+    regions = _maps.read_maps(pid, start, end)
+    if not regions and not _maps.has_memory(pid):
+        raise os_error(errno.ESRCH, "the source exited during the copy", pid, start,
+                       end - start)
+    now = {(r.start, r.end, r.inode) for r in regions}
+    for p in copied:
+        if (p.region.start, p.region.end, p.region.inode) not in now:
+            raise os_error(errno.EFAULT, f"the source unmapped or moved "
+                           f"{p.region.start:#x}-{p.region.end:#x} during the copy",
+                           pid, start, end - start, "maps")
+
+
 def _copier(method: str) -> Callable[[Region], bool]:
     """copied(region) for _contract.plan: does the strategy copy its pages
     at the call?  (A lazy piece reads nothing then, like a shared one.)"""
@@ -185,10 +205,11 @@ def _copier(method: str) -> Callable[[Region], bool]:
 
 
 def admit(pid: int, src: int, length: int, dst: int, flags: int,
-          freeze: bool) -> Tuple[int, int, int]:
+          freeze: bool) -> Tuple[int, int, int, int]:
     """The checks clone() makes before it looks at the source's VMAs: the
-    arguments, then the process.  Returns (start, end, mem_fd): the
-    page-rounded range and /proc/PID/mem, open, for the caller to close."""
+    arguments, then the process.  Returns (start, end, pidfd, mem_fd): the
+    page-rounded range, the process pinned (_contract.pin, -1 if it could
+    not be) and /proc/PID/mem, both open for the caller to close."""
     start, end = _contract.check_args(pid, src, length, flags, dst)
     if freeze and pid == os.getpid():
         raise os_error(errno.EINVAL, "freeze=True cannot stop the calling "
@@ -199,7 +220,7 @@ def admit(pid: int, src: int, length: int, dst: int, flags: int,
         # replaces nothing: it says EEXIST, as the kernel port does).
         raise os_error(errno.EINVAL, "a FIXED destination overlaps the source "
                        "range in the same process", pid, src, length, "overlap")
-    return start, end, _contract.check_process(pid, start, end - start)
+    return (start, end) + _contract.open_source(pid, start, end - start)
 
 
 def choose(pid: int, start: int, end: int, single: bool, method: str,
@@ -263,7 +284,7 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
     if method == "lazy":
         readahead = _lazy.check_readahead(
             _lazy.READAHEAD_DEFAULT if readahead is None else readahead)
-    start, end, mem_fd = admit(pid, src, length, dst, flags, freeze)
+    start, end, pidfd, mem_fd = admit(pid, src, length, dst, flags, freeze)
     pagemap_fd = -1
     fds = None
     pieces: List[Piece] = []
@@ -291,13 +312,20 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
                     lazies.append(_lazy.place(pid, p, daddr, fds, readahead))
                 else:
                     place(pid, p, daddr, mem_fd, pagemap_fd, stats)
+            # The maps, pagemap and process_vm_readv(pid) reads above went
+            # by pid: they were the source's only if it was never reaped.
+            # (A lazy clone's later faults read its pinned mem fd.)
+            _contract.check_pinned(pidfd, pid, start, end - start)
+            check_unchanged(pid, pieces, start, end)
             if prefetch:
                 for lz in lazies:
                     lz.prefetch()
-        except BaseException:
+        except BaseException as e:
             for lz in lazies:
                 lz.close()
             _native.munmap_raw(base, end - start)
+            if isinstance(e, OSError):      # the source gone: ESRCH says why
+                _contract.check_pinned(pidfd, pid, start, end - start)
             raise
         finally:
             if frozen is not None:
@@ -308,6 +336,8 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
         if fds is not None:
             fds.close()
         os.close(mem_fd)
+        if pidfd >= 0:
+            os.close(pidfd)
         if pagemap_fd >= 0:
             os.close(pagemap_fd)
 

@@ -156,7 +156,7 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
     if not os.path.isdir(directory):
         err = errno.ENOTDIR if os.path.exists(directory) else errno.ENOENT
         raise os_error(err, f"dump directory {directory}", pid, hint="")
-    mem_fd = _contract.check_process(pid, None, None)
+    pidfd, mem_fd = _contract.open_source(pid, None, None)
     pagemap_fd = -1
     frozen: Optional[_native.Freeze] = None
     writer = _Writer(directory, pid)
@@ -173,6 +173,9 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
             except PermissionError as e:
                 raise _contract.freeze_denial(pid, e, None, None) from None
         plan = _make_plan(pid, pagemap_fd)
+        # Before any byte goes out (a page server keeps what it got): the
+        # plan was the source's, and a frozen source cannot be reaped now.
+        _contract.check_pinned(pidfd, pid, None, None)
         stats: Dict[str, int] = {}
         total = (sum(e - s for s, e in plan.private)
                  + sum(e - s for sh in plan.shmem.values() for s, e in sh.segments)
@@ -183,19 +186,26 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
         stage = ["writing the images"]
         try:
             _write_metadata(writer, pid, plan)
+            # A frozen source cannot be reaped, so process_vm_readv(pid)
+            # reads it; one that runs is read through its pinned mem fd.
+            by_pid = frozen is not None
             if server is None:
-                _write_pages_here(writer, pid, mem_fd, plan, stats, done, stage)
+                _write_pages_here(writer, pid, mem_fd, plan, stats, done, stage, by_pid)
             else:
                 stage[0] = f"streaming pages to the page server {page_server}"
                 assert sock is not None
-                _stream_pages(sock, pid, mem_fd, plan, stats, done)
+                _stream_pages(sock, pid, mem_fd, plan, stats, done, by_pid)
         except OSError as e:
+            _contract.check_pinned(pidfd, pid, None, None)   # gone: ESRCH says why
             # The errno stays; the message names the pid and the directory
             # (the cause, chained, has the details; a page server's
             # misbehaviour is told in the message itself).
             why = f": {e.strerror}" if isinstance(e, _PageServerError) else ""
             raise os_error(e.errno or errno.EIO, f"{stage[0]} in {directory}{why}", pid,
                            hint="") from e
+        # The plan and the pages were read by pid: the source's only if it
+        # was never reaped meanwhile (pvmmap._contract.pin).
+        _contract.check_pinned(pidfd, pid, None, None)
         writer.commit()
         nthreads = frozen.threads if frozen is not None else 0
         return DumpResult(pid, directory, list(writer.final), total // PAGE, total,
@@ -215,6 +225,8 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
         if pagemap_fd >= 0:
             os.close(pagemap_fd)
         os.close(mem_fd)
+        if pidfd >= 0:
+            os.close(pidfd)
 
 
 class _Done:
@@ -579,7 +591,8 @@ def _shmem_entries(sh: _Shmem) -> List[Tuple[int, int, int]]:
 
 
 def _write_pages_here(w: _Writer, pid: int, mem_fd: int, plan: _Plan,
-                      stats: Dict[str, int], done: _Done, stage: List[str]) -> None:
+                      stats: Dict[str, int], done: _Done, stage: List[str],
+                      by_pid: bool) -> None:
     pages_id = 1
     for shmid, sh in sorted(plan.shmem.items()):
         w.put(f"pagemap-shmem-{shmid}.img",
@@ -587,7 +600,7 @@ def _write_pages_here(w: _Writer, pid: int, mem_fd: int, plan: _Plan,
         stage[0] = f"writing pages-{pages_id}.img (shmem {shmid})"
         fd, _ = w.create(f"pages-{pages_id}.img")
         try:
-            _copy_shmem(sh, fd, pid, mem_fd, stats, done)
+            _copy_shmem(sh, fd, pid, mem_fd, stats, done, by_pid)
         finally:
             os.close(fd)
         pages_id += 1
@@ -596,18 +609,18 @@ def _write_pages_here(w: _Writer, pid: int, mem_fd: int, plan: _Plan,
     stage[0] = f"writing pages-{pages_id}.img"
     fd, _ = w.create(f"pages-{pages_id}.img")
     try:
-        _copy_private(pid, mem_fd, plan.private, fd, stats, done)
+        _copy_private(pid, mem_fd, plan.private, fd, stats, done, by_pid)
     finally:
         os.close(fd)
 
 
 def _copy_shmem(sh: _Shmem, out_fd: int, pid: int, mem_fd: int,
-                stats: Dict[str, int], done: _Done) -> None:
+                stats: Dict[str, int], done: _Done, by_pid: bool) -> None:
     """The object's pages, in pagemap order, to out_fd (a file or socket)."""
     if sh.fd < 0:
         for s, e, _ in sorted(sh.vma_ranges, key=lambda x: x[2]):
             _native.dump_pages(pid, [(s, e)], out_fd, bytearray(BUFFER), mem_fd=mem_fd,
-                               stats=stats)
+                               stats=stats, by_pid=by_pid)
             done.add(e - s)
         return
     for s, e in sh.segments:
@@ -647,7 +660,7 @@ def _units(ranges: Sequence[Tuple[int, int]]) -> List[Tuple[int, List[Tuple[int,
 
 
 def _copy_private(pid: int, mem_fd: int, ranges: Sequence[Tuple[int, int]], fd: int,
-                  stats: Dict[str, int], done: _Done) -> None:
+                  stats: Dict[str, int], done: _Done, by_pid: bool) -> None:
     """The private pages, in pagemap order, to the pages file (open as fd),
     a unit at a time so that progress is reported between units.
 
@@ -656,7 +669,8 @@ def _copy_private(pid: int, mem_fd: int, ranges: Sequence[Tuple[int, int]], fd: 
     and within the noise on ext4 (RESULTS.md, "CRIU dump")."""
     buf = bytearray(BUFFER)
     for _, unit in _units(ranges):
-        _native.dump_pages(pid, unit, fd, buf, mem_fd=mem_fd, stats=stats)
+        _native.dump_pages(pid, unit, fd, buf, mem_fd=mem_fd, stats=stats,
+                           by_pid=by_pid)
         done.add(sum(e - s for s, e in unit))
 
 
@@ -719,13 +733,13 @@ def _ps_open(sock: socket.socket, dst_id: int) -> None:
 
 
 def _stream_pages(sock: socket.socket, pid: int, mem_fd: int, plan: _Plan,
-                  stats: Dict[str, int], done: _Done) -> None:
+                  stats: Dict[str, int], done: _Done, by_pid: bool) -> None:
     """Send every pagemap to a `criu page-server`: for each, PS_IOV_OPEN2
     (answered by one has_parent byte), then one PS_IOV_ADD_F (flags
     PE_PRESENT in the upper 16 bits) per run followed by its pages; at the
     end PS_IOV_CLOSE, answered by an int32 status (criu/page-xfer.c)."""
     try:
-        _stream(sock, pid, mem_fd, plan, stats, done)
+        _stream(sock, pid, mem_fd, plan, stats, done, by_pid)
     except _PageServerError:
         raise
     except OSError as e:
@@ -740,7 +754,7 @@ def _stream_pages(sock: socket.socket, pid: int, mem_fd: int, plan: _Plan,
 
 
 def _stream(sock: socket.socket, pid: int, mem_fd: int, plan: _Plan,
-            stats: Dict[str, int], done: _Done) -> None:
+            stats: Dict[str, int], done: _Done, by_pid: bool) -> None:
     """The protocol itself (see _stream_pages)."""
     add = PS_IOV_ADD_F | PE_PRESENT << 16
     buf = bytearray(BUFFER)
@@ -750,7 +764,8 @@ def _stream(sock: socket.socket, pid: int, mem_fd: int, plan: _Plan,
         if sh.fd < 0:
             for s, e, off in sorted(sh.vma_ranges, key=lambda x: x[2]):
                 _native.dump_pages(pid, [(s, e)], sock.fileno(), buf, mem_fd=mem_fd,
-                                   ps_header=(add, dst_id, s - off), stats=stats)
+                                   ps_header=(add, dst_id, s - off), stats=stats,
+                                   by_pid=by_pid)
                 done.add(e - s)
             continue
         for s, e in sh.segments:
@@ -760,7 +775,7 @@ def _stream(sock: socket.socket, pid: int, mem_fd: int, plan: _Plan,
     _ps_open(sock, dst_id)
     for _, unit in _units(plan.private):
         _native.dump_pages(pid, unit, sock.fileno(), buf, mem_fd=mem_fd,
-                           ps_header=(add, dst_id, 0), stats=stats)
+                           ps_header=(add, dst_id, 0), stats=stats, by_pid=by_pid)
         done.add(sum(e - s for s, e in unit))
     sock.sendall(_PS_IOV.pack(PS_IOV_CLOSE, 0, 0, 0))
     (status,) = struct.unpack("<i", _ps_recv(sock, 4, "PS_IOV_CLOSE"))
