@@ -25,7 +25,10 @@ from _helpers import in_pid_namespace, leftovers, own_state
 criu_dump = sys.modules["pvmmap.criu.dump"]   # the package's dump is the function
 
 PAGE = mmap.PAGESIZE
-REUSE_ROUNDS = 100
+#: Rounds per scenario: 100 in CI's main pytest step (issue 9's figure);
+#: PVMMAP_RACE_ROUNDS=N for a quicker pass (the sdist and sanitizer runs).
+RACE_ROUNDS = int(os.environ.get("PVMMAP_RACE_ROUNDS", "100"))
+REUSE_ROUNDS = RACE_ROUNDS
 
 emulated_only = pytest.mark.skipif(
     pvmmap.backend == "native",
@@ -188,6 +191,7 @@ class PageSink:
         self.listener.settimeout(30)
         self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
         self.pages = bytearray()
+        self.conn = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -198,6 +202,7 @@ class PageSink:
         except OSError:
             return
         conn.settimeout(30)
+        self.conn = conn
         with conn:
             def need(n):
                 data = b""
@@ -226,6 +231,13 @@ class PageSink:
         except OSError:
             pass
         self.listener.close()
+        # A process forked meanwhile (the impostor) may still hold the dump's
+        # end of the connection: the sink stops when the dump is over.
+        if self.conn is not None:
+            try:
+                self.conn.shutdown(socket.SHUT_RDWR)    # wakes recv()
+            except OSError:
+                pass
         self.thread.join(30)
         assert not self.thread.is_alive(), "the page sink did not stop"
 
@@ -245,7 +257,7 @@ DUMP_HOOKS = [
 def test_pid_reuse_dump_never_writes_the_impostor(tmp_path, module, name, kw, stream):
     def body(report):
         h = Holders(4)
-        for i in range(REUSE_ROUNDS // 4):          # a dump costs more
+        for i in range(max(1, REUSE_ROUNDS // 4)):  # a dump costs more
             victim = h.start(b"V")
             out = tmp_path / str(i)
             out.mkdir()
@@ -267,7 +279,7 @@ def test_pid_reuse_dump_never_writes_the_impostor(tmp_path, module, name, kw, st
                     "impostor": written.count(b"I" * PAGE)})
             h.close()
     reports, code = in_pid_namespace(body)
-    assert code == 0 and len(reports) == REUSE_ROUNDS // 4
+    assert code == 0 and len(reports) == max(1, REUSE_ROUNDS // 4)
     assert {r["got"] for r in reports} == {"ESRCH"}
     assert [r for r in reports if r["files"] or r["impostor"]] == []
 
@@ -305,10 +317,9 @@ import time                                         # noqa: E402
 
 from child import fill_pattern, pattern, libc       # noqa: E402
 
-RACE_ROUNDS = 100
 #: A dump reads the whole source, here a fork of pytest (about 1.5 s a
 #: round on this machine): fewer rounds (docs/reliability.md).
-ROUNDS = {"dump": 5, "page-server": 5}
+ROUNDS = {"dump": min(5, RACE_ROUNDS), "page-server": min(5, RACE_ROUNDS)}
 SMALL, LARGE = 256 << 10, 16 << 20      # every 20th round is LARGE
 DOCUMENTED = {errno.ESRCH, errno.EFAULT, errno.EPERM}
 EVENTS = ["kill", "exec", "munmap", "mprotect", "mremap", "fork", "stop", "trace"]
