@@ -38,9 +38,31 @@ def leftovers(before):
     fds, vmas = own_state()
     new_fds = fds - before[0]
     new_vmas = [v for v in sorted(vmas - before[1])
-                if not (v[2] == "rw-p" and v[3] in ("", "[heap]"))]
+                if not (v[2] == "rw-p" and v[3] in ("", "[heap]"))
+                and not _in_asan_allocator(v)]
     return ([f"fd {fd} -> {target}" for fd, target in sorted(new_fds)] +
             [f"{s:x}-{e:x} {perms} {path}" for s, e, perms, path in new_vmas])
+
+
+# AddressSanitizer's allocator (x86_64: kAllocatorSpace 0x600000000000, 4 TiB)
+# is reserved PROT_NONE when the process starts and made read-write piece by
+# piece as it grows, so its ---p VMAs split as malloc works.  The kernel
+# places nothing else inside the reservation, so no clone can be there.
+_ASAN_ALLOCATOR = (0x600000000000, 0x640000000000)
+
+
+def _under_asan():
+    with open("/proc/self/maps") as f:
+        return "libasan" in f.read()
+
+
+_ASAN = _under_asan()
+
+
+def _in_asan_allocator(vma):
+    start, end, _, path = vma
+    return (_ASAN and path == "" and _ASAN_ALLOCATOR[0] <= start
+            and end <= _ASAN_ALLOCATOR[1])
 
 
 def _fd_target(fd):

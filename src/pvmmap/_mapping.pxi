@@ -291,13 +291,35 @@ cdef class Mapping:
             munmap(self._base, self._maplen)
 
 
+cdef extern from "<sys/uio.h>" nogil:
+    ssize_t process_vm_readv(pid_t pid, const iovec *local, unsigned long nlocal,
+                             const iovec *remote, unsigned long nremote,
+                             unsigned long flags)
+
+
 cdef object _bytes_at(const char *p, Py_ssize_t n):
     """A bytes copy of [p, p+n).  (PyBytes_FromStringAndSize(p, n) would
     return n uninitialised bytes for p == NULL, and a clone may be placed
     at address 0.)"""
     out = PyBytes_FromStringAndSize(NULL, n)
-    if n:
-        memcpy(PyBytes_AS_STRING(out), p, n)
+    cdef char *dst = PyBytes_AS_STRING(out)
+    cdef Py_ssize_t skip = 0
+    cdef iovec here, there
+    if n and p == NULL:
+        # memcpy(dst, NULL, n) is undefined (its source is declared
+        # nonnull; UBSan aborts on it, and gcc may assume it never
+        # happens), and so is any C read at address 0: the byte there comes
+        # through the kernel, the rest from address 1 on.
+        here.iov_base = dst
+        here.iov_len = 1
+        there.iov_base = NULL
+        there.iov_len = 1
+        if process_vm_readv(os.getpid(), &here, 1, &there, 1, 0) != 1:
+            raise OSError(errno, f"{os.strerror(errno)} (reading address 0)")
+        skip = 1
+    if n > skip:
+        memcpy(dst + skip, <const char *><uintptr_t>(<uintptr_t>p + skip),
+               n - skip)
     return out
 
 

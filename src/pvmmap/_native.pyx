@@ -15,6 +15,7 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 from posix.types cimport off_t, pid_t
+from posix.uio cimport iovec
 
 from pvmmap._cpvmmap cimport *
 
