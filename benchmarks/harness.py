@@ -742,6 +742,9 @@ def _pick_scanner(prefer):
     def scanner():
         if prefer == "native":
             return _native_scan_pages()
+        from pvmmap import _native
+        if not _native.pagemap_scan_works():
+            raise Skip("no PAGEMAP_SCAN ioctl on this kernel (Linux < 6.7)")
         return scan_pages_ctypes
     return scanner
 
