@@ -420,3 +420,27 @@ def in_pid_namespace(body, timeout=120):
     assert not crashes, crashes
     code = os.waitstatus_to_exitcode(status)
     return reports, 128 - code if code > 128 else code
+
+
+@contextlib.contextmanager
+def non_dumpable_child():
+    """A forked child that made itself non-dumpable (PR_SET_DUMPABLE 0) and
+    waits; yields its pid once /proc shows it root-owned (bounded wait)."""
+    import time
+    r, w = os.pipe()
+    gpid = os.fork()
+    if gpid == 0:
+        os.close(w)
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)        # PR_SET_DUMPABLE 0
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    try:
+        deadline = time.monotonic() + 10
+        while (os.stat(f"/proc/{gpid}/status").st_uid != 0
+               and time.monotonic() < deadline):
+            time.sleep(0.01)                        # until prctl took effect
+        yield gpid
+    finally:
+        os.close(w)
+        os.waitpid(gpid, 0)

@@ -20,7 +20,7 @@ import pytest
 import pvmmap
 from child import PAGE, page_bytes, pattern
 
-from _helpers import (CAP_CHECKPOINT_RESTORE, CAP_SYS_ADMIN, SYS_USERFAULTFD,
+from _helpers import (CAP_CHECKPOINT_RESTORE, non_dumpable_child, CAP_SYS_ADMIN, SYS_USERFAULTFD,
                       check_says, leftovers, own_state, run_unprivileged,
                       with_grandchild)
 
@@ -132,23 +132,8 @@ def test_ordinary_uid_refused_another_users_process(root_source):
 def test_non_dumpable_target():
     def body():
         buf, addr = private_memory(PAGE, 24)
-        r, w = os.pipe()
-        gpid = os.fork()
-        if gpid == 0:
-            os.close(w)
-            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)        # PR_SET_DUMPABLE 0
-            os.read(r, 1)
-            os._exit(0)
-        os.close(r)
-        try:
-            deadline = time.monotonic() + 10
-            while (os.stat(f"/proc/{gpid}/status").st_uid != 0
-                   and time.monotonic() < deadline):
-                time.sleep(0.01)                        # until prctl took effect
+        with non_dumpable_child() as gpid:
             return clone_and_check(gpid, addr, PAGE, page_bytes(24, 0))
-        finally:
-            os.close(w)
-            os.waitpid(gpid, 0)
     out = run_unprivileged(body)
     err, msg = out["clone"]
     assert err == 1 and "it is not dumpable" in msg, out

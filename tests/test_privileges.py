@@ -12,7 +12,7 @@ import pytest
 import pvmmap
 from child import PAGE, page_bytes, pattern
 
-from _helpers import run_unprivileged, with_grandchild
+from _helpers import non_dumpable_child, run_unprivileged, with_grandchild
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root to drop to another uid")
@@ -90,28 +90,12 @@ def test_non_dumpable_source_is_named_as_the_cause():
         buf = mmap.mmap(-1, PAGE, mmap.MAP_PRIVATE)
         buf[:] = page_bytes(4, 0)
         addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-        r, w = os.pipe()
-        gpid = os.fork()
-        if gpid == 0:
-            os.close(w)
-            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)        # PR_SET_DUMPABLE 0
-            os.read(r, 1)
-            os._exit(0)
-        os.close(r)
-        try:
-            import time
-            deadline = time.monotonic() + 10
-            while (os.stat(f"/proc/{gpid}/status").st_uid != 0
-                   and time.monotonic() < deadline):
-                time.sleep(0.01)                        # until prctl took effect
+        with non_dumpable_child() as gpid:
             try:
                 pvmmap.clone(gpid, addr, PAGE).close()
                 return {"errno": 0}
             except OSError as e:
                 return {"errno": e.errno, "msg": str(e)}
-        finally:
-            os.close(w)
-            os.waitpid(gpid, 0)
 
     out = run_unprivileged(body)
     assert out["errno"] == 1, out
