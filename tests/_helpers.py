@@ -56,12 +56,13 @@ def _under_asan():
         return "libasan" in f.read()
 
 
-_ASAN = _under_asan()
+#: Running on the sanitized build (.ci/sanitize preloads libasan).
+UNDER_ASAN = _under_asan()
 
 
 def _in_asan_allocator(vma):
     start, end, _, path = vma
-    return (_ASAN and path == "" and _ASAN_ALLOCATOR[0] <= start
+    return (UNDER_ASAN and path == "" and _ASAN_ALLOCATOR[0] <= start
             and end <= _ASAN_ALLOCATOR[1])
 
 
@@ -253,6 +254,26 @@ def deny_syscalls(numbers, err=1):
         raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
 
 
+def require_kernel_features(userns=False, pidns=False, seccomp=False):
+    """Skip, naming the kernel option, where this kernel was built without
+    what a test needs (the 6.1 test kernel of kernel/ has none of these:
+    unshare() and PR_SET_SECCOMP then fail with EINVAL).  Each shows as a
+    /proc entry only when compiled in."""
+    need = [("user namespaces (CONFIG_USER_NS)", userns, "/proc/self/ns/user"),
+            ("pid namespaces (CONFIG_PID_NS)", pidns, "/proc/self/ns/pid"),
+            ("seccomp filters (CONFIG_SECCOMP_FILTER)", seccomp, None)]
+    for what, wanted, path in need:
+        if not wanted:
+            continue
+        if path is not None:
+            present = os.path.exists(path)
+        else:
+            with open("/proc/self/status") as f:
+                present = any(line.startswith("Seccomp_filters:") for line in f)
+        if not present:
+            pytest.skip(f"this kernel has no {what}")
+
+
 def run_unprivileged(body, uid=NOBODY, drop_caps=(), deny=(), userns=False,
                      timeout=120):
     """Run body() in a forked child (no exec: the interpreter under /root is
@@ -264,6 +285,7 @@ def run_unprivileged(body, uid=NOBODY, drop_caps=(), deny=(), userns=False,
     import select
     import signal
     import time
+    require_kernel_features(userns=userns, seccomp=bool(deny))
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -364,6 +386,7 @@ def in_pid_namespace(body, timeout=120):
     import time
     if os.geteuid() != 0:
         pytest.skip("a new pid namespace and /proc mount need root")
+    require_kernel_features(pidns=True)
     libc = ctypes.CDLL(None, use_errno=True)
     r, w = os.pipe()
     outer = os.fork()

@@ -85,7 +85,10 @@ EARLY = {errno.EINVAL, errno.ESRCH, errno.EPERM, errno.ENOSYS}
 
 FIXED, NOREPLACE = 0x1, 0x2
 TASK_END = user_space_end()            # TASK_SIZE_MAX: where user space ends
-SCRATCH = 0x200000000                  # our FIXED destinations, far below mmap's area
+# Our FIXED destinations: far below mmap's area, and clear of ASan's
+# fixed regions on the sanitized build (its shadow gap, PROT_NONE, covers
+# 0x8fff7000-0x2008fff7000; its allocator 0x600000000000-0x640000000000).
+SCRATCH = 0x300000000000
 SCRATCH_PAGES = 64                     # first half mapped PROT_NONE, second half free
 
 

@@ -7,7 +7,7 @@ import pytest
 import pvmmap
 from child import PAGE
 
-from _helpers import leftovers, own_state, thread_count, vm_size_kb
+from _helpers import UNDER_ASAN, leftovers, own_state, thread_count, vm_size_kb
 
 MiB = 1 << 20
 
@@ -24,7 +24,11 @@ def assert_nothing_left(before):
     hundreds of times over."""
     assert leftovers(before[0]) == []
     assert thread_count() == before[1], "threads leaked"
-    assert vm_size_kb() - before[2] <= 4096, "address space grew"
+    # Under ASan its allocator keeps freed memory in quarantine and maps
+    # more as that fills: VmSize grows without a leak.  A leaked clone
+    # still shows there, in leftovers(), which skips only ASan's allocator.
+    if not UNDER_ASAN:
+        assert vm_size_kb() - before[2] <= 4096, "address space grew"
 
 
 def test_thousand_cycles_leave_nothing(source):
