@@ -68,8 +68,10 @@ static int copy_mem(struct copy_job *job, uintptr_t src, size_t len, char *dst)
         ssize_t got = pread(job->mem_fd, dst, len, (off_t)src);
         atomic_fetch_add(&job->calls, 1);
         if (got <= 0) {
-            /* mem gives EIO for a page it cannot reach: the contract's EFAULT */
-            errno = (got == 0 || errno == EIO) ? EFAULT : errno;
+            /* mem gives EIO for a page it cannot reach (the contract's
+             * EFAULT) and 0 bytes once the mm it was opened on is gone
+             * (exit or exec: mem_rw's mmget_not_zero fails) */
+            errno = got == 0 ? ESRCH : errno == EIO ? EFAULT : errno;
             return -1;
         }
         atomic_fetch_add(&job->bytes_mem, (uint64_t)got);

@@ -67,8 +67,9 @@ static int read_mem(int mem_fd, uintptr_t addr, char *dst, size_t len,
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0) {
-            /* mem says EIO for a page it cannot reach */
-            errno = (got == 0 || errno == EIO) ? EFAULT : errno;
+            /* mem says EIO for a page it cannot reach, 0 bytes once the
+             * mm it was opened on is gone (exit, exec) */
+            errno = got == 0 ? ESRCH : errno == EIO ? EFAULT : errno;
             return -1;
         }
         st->bytes_mem += (uint64_t)got;

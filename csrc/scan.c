@@ -121,7 +121,9 @@ static int scan_read(int fd, uintptr_t start, uintptr_t end, int mode,
         ssize_t got = pread(fd, buf, want * sizeof(uint64_t),
                             (off_t)((addr / ps) * sizeof(uint64_t)));
         if (got <= 0) {
-            int err = got < 0 ? errno : EIO;
+            /* 0 bytes inside user space: the mm the fd was opened on is
+             * gone (pagemap_read's mmget_not_zero failed: exit, exec) */
+            int err = got < 0 ? errno : ESRCH;
             free(buf);
             errno = err;
             return -1;

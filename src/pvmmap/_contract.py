@@ -179,20 +179,42 @@ def pin(pid: int) -> int:
 
 
 def check_pinned(pidfd: int, pid: int, start: Optional[int],
-                 length: Optional[int]) -> None:
-    """ESRCH unless the process pin() took is still unreaped: a pid is only
-    recycled once its process is reaped, so while it is not, every read by
-    pid since pin() was of that process.  Costs one pidfd_send_signal."""
+                 length: Optional[int], mem_fd: int = -1) -> None:
+    """ESRCH unless the memory the call read is still the source's: the
+    process pin() took is unreaped (a pid is only recycled once its process
+    is reaped, so every read by pid since pin() was of that process), not
+    exiting, and, given the call's /proc/PID/mem fd, still on the address
+    space that fd was opened on.  An exiting source's reads come back empty
+    (its maps list nothing, its pagemap and mem read 0 bytes) and an exec'd
+    one's pinned fds read nothing: without this a dump of either "succeeds"
+    with the pages it never saw.  Costs a pidfd_send_signal, a read of
+    /proc/PID/stat and a 1-byte pread."""
     import signal
-    if pidfd < 0:
-        return
+    if pidfd >= 0:
+        try:
+            signal.pidfd_send_signal(pidfd, 0)
+        except ProcessLookupError:
+            raise os_error(errno.ESRCH, "the source exited during the call (its pid "
+                           "may name another process now)", pid, start, length) from None
+        except PermissionError:
+            pass            # kill() is not ours to send, but the process lives
+    st = _maps.read_stat(pid)
+    if st is None or st[0] in ("Z", "X") or st[1] & _maps.PF_EXITING:
+        raise os_error(errno.ESRCH, "the source exited during the call", pid, start,
+                       length)
+    if mem_fd >= 0 and not _mm_alive(mem_fd):
+        raise os_error(errno.ESRCH, "the source exec'd or exited during the call: "
+                       "the memory it was read from is gone", pid, start, length)
+
+
+def _mm_alive(mem_fd: int) -> bool:
+    """Whether the address space a /proc/PID/mem fd was opened on still
+    exists.  mem reads 0 bytes once it is gone (mem_rw: mmget_not_zero
+    fails); while it lives, address 0 gives EIO (unmapped) or its byte."""
     try:
-        signal.pidfd_send_signal(pidfd, 0)
-    except ProcessLookupError:
-        raise os_error(errno.ESRCH, "the source exited during the call (its pid "
-                       "may name another process now)", pid, start, length) from None
-    except PermissionError:
-        pass                # kill() is not ours to send, but the process lives
+        return os.pread(mem_fd, 1, 0) != b""
+    except OSError:
+        return True
 
 
 def open_source(pid: int, start: Optional[int],

@@ -315,7 +315,7 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
             # The maps, pagemap and process_vm_readv(pid) reads above went
             # by pid: they were the source's only if it was never reaped.
             # (A lazy clone's later faults read its pinned mem fd.)
-            _contract.check_pinned(pidfd, pid, start, end - start)
+            _contract.check_pinned(pidfd, pid, start, end - start, mem_fd)
             check_unchanged(pid, pieces, start, end)
             if prefetch:
                 for lz in lazies:
@@ -325,7 +325,7 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
                 lz.close()
             _native.munmap_raw(base, end - start)
             if isinstance(e, OSError):      # the source gone: ESRCH says why
-                _contract.check_pinned(pidfd, pid, start, end - start)
+                _contract.check_pinned(pidfd, pid, start, end - start, mem_fd)
             raise
         finally:
             if frozen is not None:

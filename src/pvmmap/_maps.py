@@ -12,6 +12,7 @@ from pvmmap import _native
 from pvmmap._errors import os_error
 
 PF_KTHREAD = 0x00200000         # task flags (/proc/PID/stat field 9)
+PF_EXITING = 0x00000004         # set at the start of do_exit(), before the mm goes
 
 #: The values of Region.kind.
 KINDS = ("private-anon", "private-file", "shared-anon", "memfd", "sysv-shm",

@@ -175,7 +175,7 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
         plan = _make_plan(pid, pagemap_fd)
         # Before any byte goes out (a page server keeps what it got): the
         # plan was the source's, and a frozen source cannot be reaped now.
-        _contract.check_pinned(pidfd, pid, None, None)
+        _contract.check_pinned(pidfd, pid, None, None, mem_fd)
         stats: Dict[str, int] = {}
         total = (sum(e - s for s, e in plan.private)
                  + sum(e - s for sh in plan.shmem.values() for s, e in sh.segments)
@@ -196,7 +196,7 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
                 assert sock is not None
                 _stream_pages(sock, pid, mem_fd, plan, stats, done, by_pid)
         except OSError as e:
-            _contract.check_pinned(pidfd, pid, None, None)   # gone: ESRCH says why
+            _contract.check_pinned(pidfd, pid, None, None, mem_fd)   # gone: ESRCH says why
             # The errno stays; the message names the pid and the directory
             # (the cause, chained, has the details; a page server's
             # misbehaviour is told in the message itself).
@@ -205,7 +205,9 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
                            hint="") from e
         # The plan and the pages were read by pid: the source's only if it
         # was never reaped meanwhile (pvmmap._contract.pin).
-        _contract.check_pinned(pidfd, pid, None, None)
+        _contract.check_pinned(pidfd, pid, None, None, mem_fd)
+        if frozen is None:
+            _check_layout_held(pid, plan)
         writer.commit()
         nthreads = frozen.threads if frozen is not None else 0
         return DumpResult(pid, directory, list(writer.final), total // PAGE, total,
@@ -379,6 +381,29 @@ def _open_shmem(pid: int, region: Region, sh: _Shmem) -> Tuple[Optional[os.stat_
             sh.segments.append((data, hole))
         off = hole
     return st, seals
+
+
+def _check_layout_held(pid: int, plan: _Plan) -> None:
+    """EFAULT if a VMA the plan holds is no longer all mapped (an unfrozen
+    source munmapped or moved it during the dump).  Its pages were scanned
+    and read after the plan: moved away in between, they read as holes,
+    and the image would restore zeros where the source held data.  A VMA
+    that grew, or a new one, is harmless (the image is the plan's layout).
+    Costs a maps read."""
+    now = _maps.read_maps(pid)
+    i = 0
+    for v in sorted(plan.vmas, key=lambda v: v.start):
+        addr = v.start                    # walk the current VMAs over [start, end)
+        while i < len(now) and now[i].end <= addr:
+            i += 1
+        j = i
+        while addr < v.end and j < len(now) and now[j].start <= addr:
+            addr = now[j].end
+            j += 1
+        if addr < v.end:
+            raise os_error(errno.EFAULT, f"the source unmapped or moved "
+                           f"{v.start:#x}-{v.end:#x} during the dump (freeze=True "
+                           f"holds it still)", pid, hint="maps")
 
 
 def _make_plan(pid: int, pagemap_fd: int) -> _Plan:
