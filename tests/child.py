@@ -13,7 +13,8 @@ Run as `python tests/child.py SPEC_JSON`.  SPEC is a list of regions:
    laid out in order, each region right after the one before)}
 It prints one JSON line {name: address, ..., "pid": pid}, then serves JSON
 commands on stdin, one per line (write, read, prot, pkey, unmap, spin,
-uffd, close, fork, thread, exit), answering each.
+uffd, close, fork, mremap, thread, exec, exit), answering each (exec
+replaces the image: no answer).
 """
 import ctypes
 import json
@@ -30,6 +31,9 @@ libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
                       ctypes.c_int, ctypes.c_int, ctypes.c_long]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mremap.restype = ctypes.c_void_p
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                        ctypes.c_int, ctypes.c_void_p]
 libc.shmat.restype = ctypes.c_void_p
 libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 PAGE = mmap.PAGESIZE
@@ -269,6 +273,14 @@ def main():
             print(json.dumps({"ok": rc == 0}), flush=True)
         elif op == "fork":
             print(json.dumps(time_fork()), flush=True)
+        elif op == "mremap":            # move [addr, addr+n) to a new place
+            n = cmd["n"]
+            away = libc.mmap(None, n, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+            moved = libc.mremap(ctypes.c_void_p(cmd["addr"]), ctypes.c_size_t(n),
+                                ctypes.c_size_t(n), 3, ctypes.c_void_p(away))
+            print(json.dumps({"ok": moved == away}), flush=True)
+        elif op == "exec":              # a new image: sleep, for cmd["seconds"]
+            os.execv("/bin/sleep", ["sleep", str(cmd["seconds"])])
         elif op == "thread":
             print(json.dumps({"tid": start_idle_thread()}), flush=True)
     for obj in keep:

@@ -9,12 +9,16 @@ clone must raise ESRCH or give "V" bytes, never "I" bytes.
 """
 import ctypes
 import errno
+import json
 import mmap
 import os
 import pickle  # noqa: F401  (loaded now, not inside a measured round)
+import shutil
 import signal
 import socket
 import sys
+import threading
+import time
 
 import pytest
 
@@ -304,6 +308,71 @@ def test_range_unmapped_after_planning_is_efault_not_zeros(event):
         s.close()
 
 
+def _wait_state(pid, states, what):
+    """Until /proc/PID/stat's state is one of `states` (bounded)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in states:
+                return
+        assert time.monotonic() < deadline, f"pid {pid} never became {what}"
+        time.sleep(0.001)
+
+
+@emulated_only
+def test_exec_after_planning_is_esrch_whatever_the_new_layout(monkeypatch):
+    """The source execs after planning: process_vm_readv by pid would read
+    the new image.  The layout recheck catches a new image that maps
+    nothing there; with it out of the way (a new image with the same
+    layout), the pinned /proc/PID/mem fd still tells: the memory it was
+    opened on is gone.  ESRCH, never the new image's bytes."""
+    s = RacedSource(SMALL, seed=7)
+    before = own_state()
+
+    def execs():
+        python = os.readlink(f"/proc/{s.pid}/exe")
+        s.fire("exec")
+        deadline = time.monotonic() + WAIT
+        while os.readlink(f"/proc/{s.pid}/exe") == python:
+            assert time.monotonic() < deadline, "the source did not exec"
+            time.sleep(0.001)
+    monkeypatch.setattr(_emulate, "check_unchanged", lambda *a: None)
+    try:
+        undo = _hooked(_native, "copy_range", execs)
+        with pytest.raises(OSError) as e:
+            pvmmap.clone(s.pid, s.addr, s.size, method="copy")
+        assert e.value.errno == errno.ESRCH, e.value
+        assert "exec'd or exited" in str(e.value)
+        assert leftovers(before) == []
+    finally:
+        undo()
+        s.close()
+
+
+@emulated_only
+@pytest.mark.parametrize("step", ["_make_plan", "_write_metadata"])
+def test_dump_of_a_source_that_died_is_esrch_not_empty(tmp_path, step):
+    """SIGKILLed and not yet reaped (a zombie, still pinned) before the
+    dump read it: its maps list nothing and its pagemap reads 0 bytes, so
+    the dump used to "succeed" with 0 of its bytes (seen on 6.1).  ESRCH,
+    and no file left."""
+    s = RacedSource(SMALL, seed=7)
+
+    def dies():
+        s.fire("kill")
+        _wait_state(s.pid, "ZX", "a zombie")
+    undo = lambda: None                                         # noqa: E731
+    try:
+        undo = _hooked(sys.modules["pvmmap.criu.dump"], step, dies)
+        with pytest.raises(OSError) as e:
+            pvmmap.dump(s.pid, tmp_path, freeze=False)
+        assert e.value.errno == errno.ESRCH, e.value
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        undo()
+        s.close()
+
+
 # ---- faults under the clone (item 2) ---------------------------------------
 #
 # The source is a fork of this process holding a pattern-filled private
@@ -312,22 +381,16 @@ def test_range_unmapped_after_planning_is_efault_not_zeros(event):
 # undisturbed duration (0 to 1.25 times it, in 11 steps), so that it lands
 # before, during and after the copy; the copy itself runs without the GIL.
 
-import threading                                    # noqa: E402
-import time                                         # noqa: E402
 
-from child import fill_pattern, pattern, libc       # noqa: E402
+from child import Source, fill_pattern, pattern, libc   # noqa: E402
 
-#: A dump reads the whole source, here a fork of pytest (about 1.5 s a
-#: round on this machine): fewer rounds (docs/reliability.md).
-ROUNDS = {"dump": min(5, RACE_ROUNDS), "page-server": min(5, RACE_ROUNDS)}
+#: A dump reads the whole source: theirs is a small exec'd one.
+WHOLE_PROCESS_OPS = ("dump", "page-server")
+WITHOUT_REGION = "whole (before the event: no page of the region)"
 SMALL, LARGE = 256 << 10, 16 << 20      # every 20th round is LARGE
 DOCUMENTED = {errno.ESRCH, errno.EFAULT, errno.EPERM}
 EVENTS = ["kill", "exec", "munmap", "mprotect", "mremap", "fork", "stop", "trace"]
 WAIT = 30                               # seconds any helper may take
-
-libc.mremap.restype = ctypes.c_void_p
-libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
-                        ctypes.c_int, ctypes.c_void_p]
 
 
 class RacedSource:
@@ -430,6 +493,50 @@ class RacedSource:
         _wait_bounded(self.pid)
 
 
+class ExecRacedSource(RacedSource):
+    """RacedSource's events on a small exec'd process (tests/child.py, one
+    pattern-filled private region): what a dump reads is a fresh
+    interpreter's few MiB, not a fork of pytest, so that the dump and the
+    page-server stream afford as many rounds as the other operations."""
+
+    def __init__(self, size, seed):
+        self.size, self.expected = size, pattern(size, seed)
+        self.src = Source([dict(name="r", kind="anon", size=size, seed=seed)])
+        self.pid, self.addr = self.src.pid, self.src.addr["r"]
+        self.tracer = None
+
+    def _send(self, **cmd):     # the answer is read by sync(), or never
+        self.src.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.src.proc.stdin.flush()
+
+    def sync(self):
+        self._send(op="prot", addr=self.addr, n=0, prot="rw")
+        while json.loads(self.src.proc.stdout.readline()) != {"ok": True}:
+            pass
+
+    def fire(self, event):
+        if event in ("kill", "stop", "trace"):
+            return super().fire(event)
+        a, n = self.addr, self.size
+        self._send(**{"exec": dict(op="exec", seconds=WAIT),
+                      "munmap": dict(op="unmap", addr=a, n=n),
+                      "mprotect": dict(op="prot", addr=a, n=n, prot="none"),
+                      "mremap": dict(op="mremap", addr=a, n=n),
+                      "fork": dict(op="fork")}[event])
+
+    def close(self):
+        if self.tracer is not None:
+            os.close(self.tracer_go)
+            _wait_bounded(self.tracer)
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+        self.src.proc.wait(WAIT)
+        self.src.close()
+
+
 def _wait_bounded(pid):
     """Reap pid, within WAIT seconds.  A source that died while frozen may
     be reaped already: the freeze, its tracer, waits for it (see
@@ -478,16 +585,28 @@ def _op_lazy(s, tmp):
     return data
 
 
+def _region_in(data, s):
+    """What a whole-process image holds of the source's region: the region
+    (s.expected) if all its pages are there in order, b"" if none of its
+    pages is (the region was gone before the dump looked), else the first
+    bytes, which _wrong() reports as wrong."""
+    if s.expected in data:
+        return s.expected
+    held = {bytes(data[i:i + PAGE]) for i in range(0, len(data) - PAGE + 1, PAGE)}
+    if not any(s.expected[i:i + PAGE] in held for i in range(0, s.size, PAGE)):
+        return b""
+    return bytes(data[:64])
+
+
 def _op_dump(s, tmp, sink=None):
     out = tmp / "dump"
-    out.mkdir()
+    out.mkdir(parents=True)
     try:
         pvmmap.dump(s.pid, out, freeze=False, page_server=sink and sink.address)
     except OSError:
         assert list(out.iterdir()) == [], "a failed dump left files"
         raise
-    data = b"".join(p.read_bytes() for p in sorted(out.glob("pages-*.img")))
-    return s.expected if s.expected in data else data[:64]
+    return _region_in(b"".join(p.read_bytes() for p in sorted(out.glob("pages-*.img"))), s)
 
 
 def _op_stream(s, tmp):
@@ -496,7 +615,7 @@ def _op_stream(s, tmp):
         _op_dump(s, tmp, sink)
     finally:
         sink.close()
-    return s.expected if s.expected in bytes(sink.pages) else bytes(sink.pages[:64])
+    return _region_in(sink.pages, s)
 
 
 OPS = {"eager": _op_eager, "freeze": _op_freeze, "lazy": _op_lazy,
@@ -523,25 +642,27 @@ def _vma_pages(line):
 
 def _race_once(op, event, size, delay, tmp):
     """One round: the event at `delay` s into op.  Returns the outcome."""
-    s = RacedSource(size, seed=size // PAGE)
+    s = (ExecRacedSource if op in WHOLE_PROCESS_OPS else RacedSource)(size, seed=size // PAGE)
     if event == "trace":
         s.start_tracer()
     timer = threading.Timer(delay, s.fire, (event,))
     try:
         timer.start()
         before = own_state()        # with the timer's stack (and guard) mapped
+        t0 = time.monotonic()
         try:
             data = OPS[op](s, tmp)
             outcome = "whole" if data == s.expected else _wrong(data, s.expected)
-            if event == "exec" and op in ("dump", "page-server") and \
-                    outcome.startswith("WRONG"):
-                # Exec'd before the plan: a whole dump of the new image (the
-                # same process, unreaped), which has no such region.
-                outcome = "whole (new image)"
+            if data == b"" and op in WHOLE_PROCESS_OPS and event in ("exec", "munmap"):
+                # Before the dump looked: a whole dump of the process as it
+                # was then (the new image; the region unmapped), without one
+                # page of the region.
+                outcome = WITHOUT_REGION
         except OSError as e:
             outcome = errno.errorcode.get(e.errno, str(e.errno))
             if e.errno not in DOCUMENTED:
                 outcome += f" (undocumented: {e})"
+        took = time.monotonic() - t0
         timer.join(WAIT)
         assert not timer.is_alive(), "the event never fired"
         # glibc caches the stacks of the copy engine's threads: a one-page
@@ -555,7 +676,7 @@ def _race_once(op, event, size, delay, tmp):
     finally:
         timer.cancel()
         s.close()
-    return outcome, left
+    return outcome, left, took
 
 
 @emulated_only
@@ -567,24 +688,22 @@ def test_faults_under_the_clone(op, tmp_path):
         pytest.skip("no userfaultfd here: lazy clones are unavailable")
     if os.geteuid() != 0:
         pytest.skip("the tracer event and freeze need ptrace rights over a sibling: root")
-    t0 = time.monotonic()
-    _race_once(op, "fork", SMALL, 0, tmp_path / "warm")      # the undisturbed cost
-    took = {SMALL: time.monotonic() - t0}
+    # The op's undisturbed duration, for each size: the delays sweep it.
+    took = {SMALL: _race_once(op, "fork", SMALL, 0, tmp_path / "warm")[2]}
     bad, tally = [], {}
     for event in EVENTS:
-        for i in range(ROUNDS.get(op, RACE_ROUNDS)):
-            size = LARGE if i % 20 == 19 or (op in ROUNDS and i == 4) else SMALL
+        for i in range(RACE_ROUNDS):
+            size = LARGE if i % 20 == 19 or (RACE_ROUNDS < 20 and i == 4) else SMALL
             if size not in took:
-                t0 = time.monotonic()
-                _race_once(op, "fork", size, 0, tmp_path / f"warm{size}")
-                took[size] = time.monotonic() - t0
+                took[size] = _race_once(op, "fork", size, 0, tmp_path / f"warm{size}")[2]
             delay = took[size] * (i % 11) / 8
             tmp = tmp_path / f"{event}{i}"
             tmp.mkdir()
-            outcome, left = _race_once(op, event, size, delay, tmp)
+            outcome, left, _ = _race_once(op, event, size, delay, tmp)
+            shutil.rmtree(tmp)      # a round's dump: 800 of them fill a small /tmp
             tally.setdefault(event, {}).setdefault(outcome, 0)
             tally[event][outcome] += 1
-            if outcome not in ("whole", "whole (new image)",
+            if outcome not in ("whole", WITHOUT_REGION,
                                *(errno.errorcode[e] for e in DOCUMENTED)) or left:
                 bad.append((event, i, size, delay, outcome, left))
     print(op, tally)
