@@ -420,7 +420,9 @@ def test_dump_passes_its_options_to_pvmmap_dump(tmp_path):
     assert data["got"] == [123, str(tmp_path), False, "[::1]:1234"]
     out = fake_dump("dump", "123", str(tmp_path))
     assert out.returncode == 0 and "%" not in out.stderr     # no tty: no bar
-    assert json.loads(fake_dump("dump", "1", "d", "--json").stdout)["got"][2] is True
+    # (the CLI makes the directory: one under tmp_path, not in the cwd)
+    out = fake_dump("dump", "1", str(tmp_path / "d"), "--json")
+    assert json.loads(out.stdout)["got"][2] is True
 
 
 def test_dump_shows_a_progress_bar_on_a_terminal(tmp_path):
