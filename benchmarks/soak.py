@@ -245,10 +245,10 @@ def main(argv: List[str] | None = None) -> int:
         for phase, n, s in rows:
             print(f"{phase:12} {n:7} {s['fds']:4} {s['maps']:5} {s['alloc_maps']:5} "
                   f"{s['threads']:4} {s['rss_kb']:9} {s['vmsize_kb']:10}")
-        print(f"{len(soak.pairs)} (kind, method) pairs, {args.cycles} cycles per "
-              f"phase, {seconds:.1f} s, {len(soak.wrong)} wrong pages")
         if UNDER_ASAN:
             print("RSS and VmSize not judged: ASan's quarantine grows them")
+        print(f"{len(soak.pairs)} (kind, method) pairs, {args.cycles} cycles per "
+              f"phase, {seconds:.1f} s, {len(soak.wrong)} wrong pages")
         print("flat" if not bad else "NOT FLAT:\n  " + "\n  ".join(bad))
     return 1 if bad else 0
 
