@@ -13,8 +13,8 @@ Run as `python tests/child.py SPEC_JSON`.  SPEC is a list of regions:
    laid out in order, each region right after the one before)}
 It prints one JSON line {name: address, ..., "pid": pid}, then serves JSON
 commands on stdin, one per line (write, read, prot, pkey, unmap, spin,
-uffd, close, fork, mremap, thread, exec, exit), answering each (exec
-replaces the image: no answer).
+uffd, close, fork, mremap, thread, exec, spawn, exit), answering each
+(exec replaces the image: no answer).
 """
 import ctypes
 import json
@@ -173,8 +173,14 @@ def register_uffd(addr, n):
 
 
 def main():
-    spec = json.loads(sys.argv[1])
-    addrs, sizes, keep = {}, {}, []
+    keep = []
+    serve(lay_out(json.loads(sys.argv[1]), keep), keep)
+
+
+def lay_out(spec, keep):
+    """Map the regions of spec; returns {name: address}.  What must live as
+    long as the process (fds, shm objects) is appended to keep."""
+    addrs, sizes = {}, {}
     arena = None
     if any("after" in r for r in spec):
         # Free space right after a mapping is rare (mmap goes top-down):
@@ -233,6 +239,32 @@ def main():
             split_vmas(addr, size, r["vmas"], r.get("prot", "rw"))
         addrs[r["name"]] = addr
         sizes[r["name"]] = size
+    return addrs
+
+
+def spawn(cmd):
+    """The "spawn" command: fork a new source laid out by cmd["spec"] that
+    serves its commands on the FIFOs cmd["cmd"] (in) and cmd["ans"] (out),
+    so a test gets a small source for the price of a fork, not of an
+    interpreter's start.  Its children are reaped by the kernel (SIGCHLD
+    ignored): a killed one is gone at once.  Answers {"pid": pid}."""
+    import signal
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            sys.stdin = open(cmd["cmd"])
+            sys.stdout = open(cmd["ans"], "w")
+            keep = []
+            serve(lay_out(cmd["spec"], keep), keep)
+        finally:
+            os._exit(0)
+    return {"pid": pid}
+
+
+def serve(addrs, keep):
+    """Print addrs (with our pid), then answer commands from stdin."""
     addrs["pid"] = os.getpid()
     print(json.dumps(addrs), flush=True)
     for line in sys.stdin:
@@ -283,6 +315,8 @@ def main():
             os.execv("/bin/sleep", ["sleep", str(cmd["seconds"])])
         elif op == "thread":
             print(json.dumps({"tid": start_idle_thread()}), flush=True)
+        elif op == "spawn":
+            print(json.dumps(spawn(cmd)), flush=True)
     for obj in keep:
         if not isinstance(obj, int):
             obj.close()

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -494,24 +495,37 @@ class RacedSource:
 
 
 class ExecRacedSource(RacedSource):
-    """RacedSource's events on a small exec'd process (tests/child.py, one
-    pattern-filled private region): what a dump reads is a fresh
-    interpreter's few MiB, not a fork of pytest, so that the dump and the
-    page-server stream afford as many rounds as the other operations."""
+    """RacedSource's events on a small source: a fork of one exec'd
+    tests/child.py (the zygote, started once per module) holding one
+    pattern region, served over two FIFOs.  What a dump reads is then a
+    small interpreter's few MiB, not a fork of pytest, and a round costs a
+    fork, not an interpreter's start: the dump and the page-server stream
+    afford the same rounds as the other operations."""
+
+    zygote = None
 
     def __init__(self, size, seed):
+        if ExecRacedSource.zygote is None:
+            ExecRacedSource.zygote = Source([])
         self.size, self.expected = size, pattern(size, seed)
-        self.src = Source([dict(name="r", kind="anon", size=size, seed=seed)])
-        self.pid, self.addr = self.src.pid, self.src.addr["r"]
         self.tracer = None
+        self.fifos = tempfile.mkdtemp(prefix="pvmmap-race-")
+        cmd, ans = (os.path.join(self.fifos, n) for n in ("cmd", "ans"))
+        os.mkfifo(cmd)
+        os.mkfifo(ans)
+        self.pid = ExecRacedSource.zygote._ask(
+            op="spawn", spec=[dict(name="r", kind="anon", size=size, seed=seed)],
+            cmd=cmd, ans=ans)["pid"]
+        self.cmd, self.ans = open(cmd, "w"), open(ans)      # the child's order
+        self.addr = json.loads(self.ans.readline())["r"]
 
     def _send(self, **cmd):     # the answer is read by sync(), or never
-        self.src.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.src.proc.stdin.flush()
+        self.cmd.write(json.dumps(cmd) + "\n")
+        self.cmd.flush()
 
     def sync(self):
         self._send(op="prot", addr=self.addr, n=0, prot="rw")
-        while json.loads(self.src.proc.stdout.readline()) != {"ok": True}:
+        while json.loads(self.ans.readline()) != {"ok": True}:
             pass
 
     def fire(self, event):
@@ -533,8 +547,29 @@ class ExecRacedSource(RacedSource):
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
-        self.src.proc.wait(WAIT)
-        self.src.close()
+        # The zygote's child, reaped by the kernel: wait until it is gone.
+        deadline = time.monotonic() + WAIT
+        while os.path.exists(f"/proc/{self.pid}"):
+            assert time.monotonic() < deadline, f"pid {self.pid} did not end"
+            time.sleep(0.001)
+        for f in (self.cmd, self.ans):
+            try:
+                f.close()
+            except BrokenPipeError:         # the source died with a command unread
+                pass
+        shutil.rmtree(self.fifos)
+
+    @classmethod
+    def stop_zygote(cls):
+        if cls.zygote is not None:
+            cls.zygote.close()
+            cls.zygote = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _zygote():
+    yield
+    ExecRacedSource.stop_zygote()
 
 
 def _wait_bounded(pid):
