@@ -245,11 +245,65 @@ static void t_clone_ksm_same_address(void)
 	CHECK(kpf(ksm_pfn, KPF_KSM) && pfn_of(src.pid, ksm_src) == ksm_pfn, "source not merged after two more scans");
 }
 
+/*
+ * The gap in the port's KSM choice.  The port never maps an existing KSM
+ * page at another address, but ksmd can turn a page into a KSM page in
+ * place (try_to_merge_one_page() with kpage == NULL) after it was cloned
+ * to another address.  If the clone's VMA is VM_MERGEABLE, ksmd's scan of
+ * the clone then adds an rmap_item for the clone's address and all is well;
+ * if it is not (the source became mergeable after the clone), the clone maps
+ * a KSM page at an address no rmap_item records: rmap_walk_ksm() cannot
+ * find that mapping (after fork() the child's mapping sits at the same
+ * address and the "search_new_forks" pass finds it).
+ *
+ * Q at s, P at s + pg, identical; only P is cloned (to d); then the source
+ * range becomes mergeable; ksmd scans Q first and P second, so without the
+ * port's ksm.c hunk P becomes the KSM page in place, mapped at d too.  With
+ * it, P is left alone while the clone maps it, and merges once it is gone.
+ */
+static void t_ksm_in_place_after_clone(void)
+{
+	size_t len = 2 * pg;
+	char *s, *d;
+	uint64_t p;
+
+	write_file(KSM "run", "1");
+	s = (char *)agent_do(&src, AG_MMAP, len, 0, 0);
+	agent_do(&src, AG_MEMSET, (unsigned long)s, len, 0x3c);
+	d = (char *)pvm(src.pid, s + pg, pg, NULL, 0);
+	REQUIRE((long)d > 0, "clone: %s", strerror(errno));
+	REQUIRE(!vma_mergeable(0, d), "clone mergeable");
+	p = pfn_of(0, d);
+	REQUIRE(p == pfn_of(src.pid, s + pg), "the clone does not share P");
+	agent_do(&src, AG_MADVISE, (unsigned long)s, len, MADV_MERGEABLE);
+	/* a page needs two scans to enter the unstable tree; allow four */
+	CHECK(ksm_wait_scans(4, KSM_TIMEOUT) == 0, "ksmd stopped scanning");
+	note("after 4 scans: source pfns %#llx %#llx (KSM %d %d); P was %#llx; the clone maps %#llx (KSM %d)",
+	     (unsigned long long)pfn_of(src.pid, s), (unsigned long long)pfn_of(src.pid, s + pg),
+	     kpf(pfn_of(src.pid, s), KPF_KSM), kpf(pfn_of(src.pid, s + pg), KPF_KSM), (unsigned long long)p,
+	     (unsigned long long)pfn_of(0, d), kpf(pfn_of(0, d), KPF_KSM));
+	CHECK(!kpf(pfn_of(0, d), KPF_KSM) || vma_mergeable(0, d),
+	      "the clone maps a KSM page at %p (the source's rmap_item is at %p) in a VMA ksmd does not scan",
+	      (void *)d, (void *)(s + pg));
+	CHECK(all_bytes(d, pg, 0x3c), "clone bytes");
+	CHECK(agent_do(&src, AG_ALLBYTES, (unsigned long)s, len, 0x3c) == 1, "source bytes");
+	d[0] = 1;
+	CHECK(agent_do(&src, AG_ALLBYTES, (unsigned long)s, len, 0x3c) == 1, "source bytes after the clone's write");
+	munmap(d, pg);
+	/* P mapped once again: it may become a KSM page in place now */
+	CHECK(ksm_wait_scans(4, KSM_TIMEOUT) == 0, "ksmd stopped scanning");
+	CHECK(kpf(pfn_of(src.pid, s), KPF_KSM) && pfn_of(src.pid, s) == pfn_of(src.pid, s + pg),
+	      "the source's two identical pages did not merge once the clone was gone");
+	agent_do(&src, AG_MUNMAP, (unsigned long)s, len, 0);
+}
+
 static void body(void)
 {
 	run("ksm: source and clone pages merge; writes on either side break the merge", t_merge_across);
 	run("ksm: clone of KSM pages to another address gets own copies, source stays merged", t_clone_ksm_elsewhere);
 	run("ksm: clone of KSM pages at the same address shares them (as fork), CoW", t_clone_ksm_same_address);
+	run("ksm: a page cloned elsewhere is not made a KSM page in place (KSM's rmap would miss the clone)",
+	    t_ksm_in_place_after_clone);
 }
 
 int main(void)
