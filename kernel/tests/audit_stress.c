@@ -7,7 +7,7 @@
  * run-vm fails on any report in dmesg.
  *
  * PROCS worker processes (default 4), each with THREADS threads (default 3),
- * run for SECONDS (default 60).  A worker lives 1-4 s, then exits and is
+ * run for SECONDS (default 60).  A worker lives 1-4 s after its setup, then exits and is
  * replaced, so clones race with the source's exit.  Each worker owns a
  * 32 MiB arena (2 MiB aligned, part THP, part MADV_MERGEABLE); its threads
  * pick random page ranges in it and in the other workers' arenas and run:
@@ -251,12 +251,10 @@ static int worker(int slot, double stop_at, uint64_t seed)
 	pthread_t th[16];
 	pthread_attr_t attr;
 	struct wctx w[16];
-	double life = 1 + (seed % 3000) / 1000.0, deadline = now() + life;
+	double life = 1 + (seed % 3000) / 1000.0, deadline;
 	int before, after;
 	char *arena;
 
-	if (deadline > stop_at)
-		deadline = stop_at;
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, 256 * 1024);
 	/* warm glibc's stack cache so that thread stacks do not count as VMAs */
@@ -269,8 +267,13 @@ static int worker(int slot, double stop_at, uint64_t seed)
 	arena = map_aligned(ARENA, HPAGE);
 	madvise(arena, ARENA / 2, MADV_HUGEPAGE);
 	madvise(arena + ARENA / 2, ARENA / 4, MADV_MERGEABLE);
-	for (unsigned long i = 0; i < ARENA; i += pg)
+	/* every 8th page present (the THP half faults in whole huge pages) */
+	for (unsigned long i = 0; i < ARENA; i += 8 * pg)
 		arena[i] = (char)(i >> 12);
+	/* the life starts now: on the debug kernel under TCG the setup is slow */
+	deadline = now() + life;
+	if (deadline > stop_at)
+		deadline = stop_at;
 	atomic_store(&sh->arena[slot], (unsigned long)arena);
 	atomic_store(&sh->pid[slot], getpid());
 
