@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -546,11 +547,27 @@ static long agent_do(struct agent *ag, int op, unsigned long a, unsigned long b,
 		     unsigned long c);
 static int agent_stop(struct agent *ag);
 
+/*
+ * Agents and the tester run on CPU 0: a page just faulted in sits in its
+ * CPU's LRU-add batch until that CPU drains it, and MADV_PAGEOUT (which only
+ * drains the local batch) skips pages not on the LRU yet.
+ */
+static void pin_cpu0(void)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+}
+
 static void agent_loop(int in, int out)
 {
 	static struct agent child;
 	struct ag_cmd c;
 	long r;
+
+	pin_cpu0();
 
 	while (read(in, &c, sizeof(c)) == sizeof(c)) {
 		unsigned char *p = (unsigned char *)c.a;
@@ -712,6 +729,7 @@ static int run_with_sibling_source(void (*body)(void))
 		 * tester's next free area is where the source's next mmap
 		 * lands, and "another address" would be the same address.
 		 */
+		pin_cpu0();
 		guard = mmap(NULL, GUARD_LEN, PROT_NONE,
 			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 		if (guard == MAP_FAILED)

@@ -205,8 +205,15 @@ static void one_op(struct wctx *w, uint64_t *r)
 		ret = -1;
 		if (!ioctl(fd, UFFDIO_API, &api) && !ioctl(fd, UFFDIO_REGISTER, &reg)) {
 			ret = 0;
-			/* while registered: a clone from it must fail, others may block */
-			pvm(getpid(), (void *)a, len, NULL, 0);
+			/*
+			 * While registered a clone from it fails (ENOTSUPP);
+			 * another thread may have unmapped the registration
+			 * meanwhile, then the clone works: unmap it again.
+			 */
+			long c = pvm(getpid(), (void *)a, len, NULL, 0);
+
+			if (c > 0)
+				munmap((void *)c, len);
 			usleep(xs(r) % 2000);
 			if (xs(r) % 2)
 				ioctl(fd, UFFDIO_UNREGISTER, &reg.range);
