@@ -374,6 +374,38 @@ def test_dump_of_a_source_that_died_is_esrch_not_empty(tmp_path, step):
         s.close()
 
 
+@emulated_only
+@pytest.mark.parametrize("op", ["dump", "clone"])
+def test_source_reaped_right_after_it_was_pinned_is_esrch(monkeypatch, tmp_path, op):
+    """Gone at once (killed and reaped) just after the pin: its /proc files
+    vanish, and opening pagemap said ENOENT (seen once in 1,600 raced
+    page-server rounds).  ESRCH, and nothing left behind."""
+    s = ExecRacedSource(SMALL, seed=7)          # the zygote reaps it at once
+    real = _contract.open_source
+
+    def then_reaped(*args):
+        out = real(*args)
+        s.fire("kill")
+        deadline = time.monotonic() + WAIT
+        while os.path.exists(f"/proc/{s.pid}"):
+            assert time.monotonic() < deadline, "the source did not go"
+            time.sleep(0.001)
+        return out
+    before = own_state()
+    monkeypatch.setattr(_contract, "open_source", then_reaped)
+    try:
+        with pytest.raises(OSError) as e:
+            if op == "dump":
+                pvmmap.dump(s.pid, tmp_path, freeze=False)
+            else:
+                pvmmap.clone(s.pid, s.addr, s.size, method="copy")
+        assert e.value.errno == errno.ESRCH, e.value
+        assert list(tmp_path.iterdir()) == []
+        assert leftovers(before) == []
+    finally:
+        s.close()
+
+
 # ---- faults under the clone (item 2) ---------------------------------------
 #
 # The source is a fork of this process holding a pattern-filled private

@@ -49,6 +49,8 @@ def clone(pid: int, addr: int, length: int, *, dest: int = 0, fixed: bool = Fals
     elif fixed:
         flags = _native.FIXED
     if backend == "native":
+        _contract.check_args(pid, addr, length, flags, dest)
+        _contract.check_freeze(pid, freeze, addr, length)
         made = _kernel.clone(pid, addr, length, dest, flags)
     else:
         made = _emulate.clone(pid, addr, length, dest, flags, single=False,
@@ -93,6 +95,7 @@ def plan_clone(pid: int, addr: int, length: int, *, method: str = "auto",
     pieces: List[Piece] = []
     if backend == "native":
         start, end = _contract.check_args(pid, addr, length, 0)
+        _contract.check_freeze(pid, freeze, addr, length)
         _kernel.syscall_nr(pid, addr, length)
         os.close(_contract.check_process(pid, start, end - start))
         try:

@@ -116,6 +116,15 @@ def check_args(pid: int, src: int, length: int, flags: int,
     return start, end
 
 
+def check_freeze(pid: int, freeze: bool, src: int, length: int) -> None:
+    """EINVAL for freeze=True on the calling process (it cannot stop
+    itself), on every backend: the native call needs no freeze, but the
+    same call must give the same answer wherever it runs."""
+    if freeze and pid == os.getpid():
+        raise os_error(errno.EINVAL, "freeze=True cannot stop the calling "
+                       "process", pid, src, length, "freeze-self")
+
+
 def check_pid(pid: int) -> None:
     """The contract's EINVAL for a pid that cannot name a process (what
     pvmmap.maps() checks before check_alive)."""

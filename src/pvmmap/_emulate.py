@@ -211,9 +211,7 @@ def admit(pid: int, src: int, length: int, dst: int, flags: int,
     page-rounded range, the process pinned (_contract.pin, -1 if it could
     not be) and /proc/PID/mem, both open for the caller to close."""
     start, end = _contract.check_args(pid, src, length, flags, dst)
-    if freeze and pid == os.getpid():
-        raise os_error(errno.EINVAL, "freeze=True cannot stop the calling "
-                       "process", pid, src, length, "freeze-self")
+    _contract.check_freeze(pid, freeze, src, length)
     if (flags == _native.FIXED and pid == os.getpid() and page_down(dst) < end
             and page_down(dst) + (end - start) > start):
         # It would unmap the very memory it is to copy (FIXED_NOREPLACE
@@ -331,6 +329,10 @@ def clone(pid: int, src: int, length: int, dst: int, flags: int, *,
             if frozen is not None:
                 frozen.thaw()
         return Clone(base, end - start, parts_of(pieces, start), stats, tuple(lazies))
+    except OSError as e:
+        if e.errno != errno.ESRCH:      # a source reaped meanwhile: its /proc
+            _contract.check_pinned(pidfd, pid, start, end - start, mem_fd)  # files vanish
+        raise
     finally:
         close_fds(pieces)
         if fds is not None:

@@ -212,8 +212,12 @@ def dump(pid: int, directory: "os.PathLike[str] | str", *, freeze: bool = True,
         nthreads = frozen.threads if frozen is not None else 0
         return DumpResult(pid, directory, list(writer.final), total // PAGE, total,
                           time.perf_counter() - t0, nthreads, page_server, stats)
-    except BaseException:
+    except BaseException as e:
         writer.discard()
+        if isinstance(e, OSError) and e.errno != errno.ESRCH:
+            # A source reaped or exec'd meanwhile makes its /proc files
+            # vanish (ENOENT) or read short: ESRCH says why.
+            _contract.check_pinned(pidfd, pid, None, None, mem_fd)
         raise
     finally:
         if frozen is not None:
