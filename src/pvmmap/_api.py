@@ -49,7 +49,9 @@ def clone(pid: int, addr: int, length: int, *, dest: int = 0, fixed: bool = Fals
     elif fixed:
         flags = _native.FIXED
     if backend == "native":
+        # The contract's order: the arguments, ENOSYS, then freeze on self.
         _contract.check_args(pid, addr, length, flags, dest)
+        _kernel.syscall_nr(pid, addr, length)
         _contract.check_freeze(pid, freeze, addr, length)
         made = _kernel.clone(pid, addr, length, dest, flags)
     else:
@@ -95,8 +97,8 @@ def plan_clone(pid: int, addr: int, length: int, *, method: str = "auto",
     pieces: List[Piece] = []
     if backend == "native":
         start, end = _contract.check_args(pid, addr, length, 0)
-        _contract.check_freeze(pid, freeze, addr, length)
         _kernel.syscall_nr(pid, addr, length)
+        _contract.check_freeze(pid, freeze, addr, length)
         os.close(_contract.check_process(pid, start, end - start))
         try:
             pieces = _contract.plan(pid, start, end, False, _kernel._nothing_copied)
