@@ -309,15 +309,17 @@ def test_range_unmapped_after_planning_is_efault_not_zeros(event):
         s.close()
 
 
-def _wait_state(pid, states, what):
-    """Until /proc/PID/stat's state is one of `states` (bounded)."""
+def _until(done, what):
+    """Poll done() every millisecond until it is true, within WAIT seconds."""
     deadline = time.monotonic() + WAIT
-    while True:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] in states:
-                return
-        assert time.monotonic() < deadline, f"pid {pid} never became {what}"
+    while not done():
+        assert time.monotonic() < deadline, what
         time.sleep(0.001)
+
+
+def _state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 @emulated_only
@@ -333,10 +335,7 @@ def test_exec_after_planning_is_esrch_whatever_the_new_layout(monkeypatch):
     def execs():
         python = os.readlink(f"/proc/{s.pid}/exe")
         s.fire("exec")
-        deadline = time.monotonic() + WAIT
-        while os.readlink(f"/proc/{s.pid}/exe") == python:
-            assert time.monotonic() < deadline, "the source did not exec"
-            time.sleep(0.001)
+        _until(lambda: os.readlink(f"/proc/{s.pid}/exe") != python, "the source did not exec")
     monkeypatch.setattr(_emulate, "check_unchanged", lambda *a: None)
     try:
         undo = _hooked(_native, "copy_range", execs)
@@ -361,7 +360,7 @@ def test_dump_of_a_source_that_died_is_esrch_not_empty(tmp_path, step):
 
     def dies():
         s.fire("kill")
-        _wait_state(s.pid, "ZX", "a zombie")
+        _until(lambda: _state(s.pid) in "ZX", f"pid {s.pid} never became a zombie")
     undo = lambda: None                                         # noqa: E731
     try:
         undo = _hooked(sys.modules["pvmmap.criu.dump"], step, dies)
@@ -386,10 +385,7 @@ def test_source_reaped_right_after_it_was_pinned_is_esrch(monkeypatch, tmp_path,
     def then_reaped(*args):
         out = real(*args)
         s.fire("kill")
-        deadline = time.monotonic() + WAIT
-        while os.path.exists(f"/proc/{s.pid}"):
-            assert time.monotonic() < deadline, "the source did not go"
-            time.sleep(0.001)
+        _until(lambda: not os.path.exists(f"/proc/{s.pid}"), "the source did not go")
         return out
     before = own_state()
     monkeypatch.setattr(_contract, "open_source", then_reaped)
@@ -580,10 +576,7 @@ class ExecRacedSource(RacedSource):
             except ProcessLookupError:
                 pass
         # The zygote's child, reaped by the kernel: wait until it is gone.
-        deadline = time.monotonic() + WAIT
-        while os.path.exists(f"/proc/{self.pid}"):
-            assert time.monotonic() < deadline, f"pid {self.pid} did not end"
-            time.sleep(0.001)
+        _until(lambda: not os.path.exists(f"/proc/{self.pid}"), f"pid {self.pid} did not end")
         for f in (self.cmd, self.ans):
             try:
                 f.close()
