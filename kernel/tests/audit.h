@@ -1,6 +1,6 @@
 /*
  * audit.h - what the audit tests of the process_vm_mmap() port share
- * (issue 8, kernel/AUDIT.md): the TAP harness of conformance.c, the page
+ * (issue 8, kernel/AUDIT.md): the TAP harness (tap.h), the page
  * inspection helpers (/proc/PID/pagemap, /proc/kpagecount, /proc/kpageflags,
  * smaps, meminfo, cgroup files) and the "agent", a process that owns memory
  * and does what it is told over a pipe, so that a test can clone from a
@@ -28,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "pvmmap.h"
+#include "tap.h"
 
 /* not every test uses every helper */
 #pragma GCC diagnostic ignored "-Wunused-function"
@@ -62,90 +62,9 @@
 #define MiB (1024UL * 1024)
 #define HPAGE (2 * MiB)
 
-static long nr = PVMMAP_DEFAULT_SYSCALL_NR;
-static long pg;
-static int ntests, nfailed, nskipped;
-static int cur_failed;
-static char cur_msg[512];
-
-static long pvm(pid_t pid, const void *src, size_t len, void *dst, unsigned long flags)
-{
-	return syscall(nr, (long)pid, (unsigned long)src, (unsigned long)len,
-		       (unsigned long)dst, flags);
-}
-
-#define FAIL(...) do { fail_at(__LINE__, __VA_ARGS__); } while (0)
-#define CHECK(c, ...) do { if (!(c)) FAIL(__VA_ARGS__); } while (0)
-/* a failed precondition: stop this test here */
-#define REQUIRE(c, ...) do { if (!(c)) { FAIL(__VA_ARGS__); return; } } while (0)
-
-static void fail_at(int line, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	if (cur_failed++)
-		return;		/* keep the first reason */
-	n = snprintf(cur_msg, sizeof(cur_msg), "line %d: ", line);
-	va_start(ap, fmt);
-	vsnprintf(cur_msg + n, sizeof(cur_msg) - n, fmt, ap);
-	va_end(ap);
-}
-
-static int skip_reason_set;
-static void skip(const char *why)
-{
-	skip_reason_set = 1;
-	snprintf(cur_msg, sizeof(cur_msg), "%s", why);
-}
-
-static void note(const char *fmt, ...)
-{
-	va_list ap;
-
-	printf("# ");
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
-	fflush(stdout);
-}
-
-static void run(const char *name, void (*fn)(void))
-{
-	cur_failed = 0;
-	skip_reason_set = 0;
-	cur_msg[0] = 0;
-	ntests++;
-	fn();
-	if (skip_reason_set && !cur_failed) {
-		nskipped++;
-		printf("ok %d - %s # SKIP %s\n", ntests, name, cur_msg);
-	} else if (cur_failed) {
-		nfailed++;
-		printf("not ok %d - %s: %s\n", ntests, name, cur_msg);
-	} else {
-		printf("ok %d - %s\n", ntests, name);
-	}
-	fflush(stdout);
-}
-
-static int summary(void)
-{
-	printf("1..%d\n# %d passed, %d failed, %d skipped\n", ntests,
-	       ntests - nfailed - nskipped, nfailed, nskipped);
-	fflush(stdout);
-	return nfailed ? 1 : 0;
-}
-
 static void audit_init(void)
 {
-	const char *e = getenv("PVMMAP_SYSCALL_NR");
-
-	if (e && *e)
-		nr = strtol(e, NULL, 0);
-	pg = sysconf(_SC_PAGESIZE);
-	setvbuf(stdout, NULL, _IOLBF, 0);
+	tap_init();
 	signal(SIGPIPE, SIG_IGN);	/* a dead agent: EPIPE, not death */
 }
 
