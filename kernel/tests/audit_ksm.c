@@ -169,7 +169,7 @@ static void t_clone_ksm_elsewhere(void)
 	 * at the clone's own address this time.
 	 */
 	write_file(KSM "run", "0");
-	d = (char *)pvm(src.pid, ksm_src, len, NULL, 0);
+	d = clone_elsewhere(src.pid, ksm_src, len);
 	REQUIRE((long)d > 0, "clone: %s", strerror(errno));
 	REQUIRE(d != ksm_src, "the clone landed at the source address");
 	for (int i = 0; i < NP; i++) {
@@ -270,7 +270,7 @@ static void t_ksm_in_place_after_clone(void)
 	write_file(KSM "run", "1");
 	s = (char *)agent_do(&src, AG_MMAP, len, 0, 0);
 	agent_do(&src, AG_MEMSET, (unsigned long)s, len, 0x3c);
-	d = (char *)pvm(src.pid, s + pg, pg, NULL, 0);
+	d = clone_elsewhere(src.pid, s + pg, pg);
 	REQUIRE((long)d > 0, "clone: %s", strerror(errno));
 	REQUIRE(!vma_mergeable(0, d), "clone mergeable");
 	p = pfn_of(0, d);

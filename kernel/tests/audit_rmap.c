@@ -59,7 +59,7 @@ static void t_sibling_mapcount(void)
 		CHECK(kpf(spfn[i], KPF_ANON), "source page %d not anon", i);
 		CHECK(pagemap(src.pid, (unsigned long)(s + i * pg)) & PM_EXCLUSIVE, "source page %d not exclusive", i);
 	}
-	d = (char *)pvm(src.pid, s, len, NULL, 0);
+	d = clone_elsewhere(src.pid, s, len);
 	REQUIRE((long)d > 0, "clone: %s", strerror(errno));
 	CHECK(d != s, "the clone landed at the source address");
 	for (int i = 0; i < NPAGES; i++) {

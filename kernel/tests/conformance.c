@@ -27,65 +27,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "pvmmap.h"
+#include "tap.h"
 
 #ifndef ENOTSUPP
 #define ENOTSUPP 524
 #endif
-
-static long nr = PVMMAP_DEFAULT_SYSCALL_NR;
-static long pg;
-static int ntests, nfailed, nskipped;
-static int cur_failed;
-static char cur_msg[512];
-
-static long pvm(pid_t pid, const void *src, size_t len, void *dst, unsigned long flags)
-{
-	return syscall(nr, (long)pid, (unsigned long)src, (unsigned long)len,
-		       (unsigned long)dst, flags);
-}
-
-#define FAIL(...) do { fail_at(__LINE__, __VA_ARGS__); } while (0)
-#define CHECK(c, ...) do { if (!(c)) FAIL(__VA_ARGS__); } while (0)
-
-static void fail_at(int line, const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	if (cur_failed++)
-		return;		/* keep the first reason */
-	n = snprintf(cur_msg, sizeof(cur_msg), "line %d: ", line);
-	va_start(ap, fmt);
-	vsnprintf(cur_msg + n, sizeof(cur_msg) - n, fmt, ap);
-	va_end(ap);
-}
-
-static int skip_reason_set;
-static void skip(const char *why)
-{
-	skip_reason_set = 1;
-	snprintf(cur_msg, sizeof(cur_msg), "%s", why);
-}
-
-static void run(const char *name, void (*fn)(void))
-{
-	cur_failed = 0;
-	skip_reason_set = 0;
-	cur_msg[0] = 0;
-	ntests++;
-	fn();
-	if (skip_reason_set && !cur_failed) {
-		nskipped++;
-		printf("ok %d - %s # SKIP %s\n", ntests, name, cur_msg);
-	} else if (cur_failed) {
-		nfailed++;
-		printf("not ok %d - %s: %s\n", ntests, name, cur_msg);
-	} else {
-		printf("ok %d - %s\n", ntests, name);
-	}
-	fflush(stdout);
-}
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -687,6 +633,51 @@ static void t_fixed(void)
 	munmap(src, len);
 }
 
+#ifndef __NR_mseal
+#define __NR_mseal 462
+#endif
+
+/*
+ * mseal() (Linux 6.10+, 64-bit): the seal protects the sealed mapping and
+ * stays with it.  A clone of a sealed range is a new mapping of the caller,
+ * not sealed (it can be unmapped); FIXED onto a sealed range fails with
+ * EPERM and leaves it as it was.
+ */
+static void t_mseal(void)
+{
+	size_t len = 4 * pg;
+	char *s = mk_private(len), *t = mk_private(len), *r;
+
+	fill(s, len, 41);
+	memset(t, 0x5a, len);
+	if (syscall(__NR_mseal, s, len, 0) != 0) {
+		CHECK(errno == ENOSYS, "mseal: %s", strerror(errno));
+		skip("no mseal() (Linux 6.10+)");
+		munmap(s, len);
+		munmap(t, len);
+		return;
+	}
+	CHECK(syscall(__NR_mseal, t, len, 0) == 0, "mseal of the target: %s", strerror(errno));
+	r = (char *)pvm(getpid(), s, len, NULL, 0);
+	CHECK(r != (char *)-1, "clone of a sealed range: %s", strerror(errno));
+	if (r != (char *)-1) {
+		CHECK(check_fill(r, len, 41), "clone bytes differ");
+		r[0] ^= 1;
+		CHECK(check_fill(s, len, 41), "the clone's write reached the sealed source");
+		CHECK(mprotect(r, len, PROT_READ) == 0, "mprotect of the clone: %s (sealed?)", strerror(errno));
+		CHECK(munmap(r, len) == 0, "munmap of the clone: %s (sealed?)", strerror(errno));
+	}
+	errno = 0;
+	r = (char *)pvm(getpid(), s, len, t, PVMMAP_FIXED);
+	CHECK(r == (char *)-1 && errno == EPERM, "FIXED onto a sealed range: %p errno %d (want EPERM)", r, errno);
+	CHECK(all_bytes(t, len, 0x5a), "FIXED onto a sealed range changed it");
+	errno = 0;
+	r = (char *)pvm(getpid(), s, len, t, PVMMAP_FIXED_NOREPLACE);
+	CHECK(r == (char *)-1 && errno == EEXIST, "NOREPLACE onto a sealed range: %p errno %d", r, errno);
+	CHECK(munmap(s, len) == -1 && errno == EPERM, "the source lost its seal");
+	/* s and t stay mapped: sealed until exit */
+}
+
 static void t_errors(void)
 {
 	size_t len = 4 * pg;
@@ -1185,14 +1176,9 @@ static void t_ksm(void)
 
 int main(int argc, char **argv)
 {
-	const char *env = getenv("PVMMAP_SYSCALL_NR");
-
 	(void)argc;
 	(void)argv;
-	pg = sysconf(_SC_PAGESIZE);
-	if (env && *env)
-		nr = atol(env);
-	setvbuf(stdout, NULL, _IOLBF, 0);
+	tap_init();
 	printf("# process_vm_mmap conformance, syscall %ld, pid %d\n", nr, getpid());
 	run("detect: kallsyms T symbol, EINVAL probe", t_detect);
 	run("self: bytes equal, CoW both ways, munmap", t_self_bytes_cow);
@@ -1204,6 +1190,7 @@ int main(int argc, char **argv)
 	run("protections: read-only and PROT_NONE", t_protections);
 	run("holes stay holes (pagemap, mincore)", t_holes);
 	run("FIXED, FIXED_NOREPLACE (EEXIST), hint", t_fixed);
+	run("mseal: a clone is not sealed, FIXED onto a seal is EPERM", t_mseal);
 	run("errors: EINVAL, ESRCH, EFAULT", t_errors);
 	run("[vvar] and [vdso]: EFAULT", t_special);
 	run("hugetlb source: EFAULT", t_hugetlb);
@@ -1219,7 +1206,5 @@ int main(int argc, char **argv)
 	run("clone of a clone", t_clone_of_clone);
 	run("KSM-merged source pages get their own copy", t_ksm);
 	run("200 clones + munmaps from a live child", t_stress);
-	printf("1..%d\n", ntests);
-	printf("# %d passed, %d failed, %d skipped\n", ntests - nfailed - nskipped, nfailed, nskipped);
-	return nfailed ? 1 : 0;
+	return summary();
 }
