@@ -12,14 +12,16 @@
 #include <sys/types.h>
 
 /*
- * The syscall number of the project's own process_vm_mmap port to Linux 6.1
- * (kernel/).  6.1's x86_64 table ends at 450, so the port takes the first free
- * slot.  Upstream later gave 451 to cachestat: the number is only ever used
- * when /proc/kallsyms also lists sys_process_vm_mmap (see syscall.c), never
- * blindly.  kernel/ reads this line to build its syscall table entry: this is
- * the one place the number is stated.
+ * The syscall number of the project's own process_vm_mmap ports to Linux 6.1
+ * and 6.12 (kernel/).  One number for both, and outside what mainline hands
+ * out: 451, the first free slot of 6.1, is cachestat from 6.5 on, and 6.12's
+ * table ends at 462.  x86_64's common syscalls are numbered from 0 up (470 in
+ * 6.18), x32's take 512-547; 600 is clear of both for years.  The number is
+ * only ever used when /proc/kallsyms also lists sys_process_vm_mmap (see
+ * syscall.c), never blindly.  kernel/ reads this line to build its syscall
+ * table entry: this is the one place the number is stated.
  */
-#define PVMMAP_DEFAULT_SYSCALL_NR 451
+#define PVMMAP_DEFAULT_SYSCALL_NR 600
 
 /* Flags of process_vm_mmap(), as in the 2019 v2 series. */
 #define PVMMAP_FIXED            0x01

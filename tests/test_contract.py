@@ -9,7 +9,7 @@ import os
 import pytest
 
 import pvmmap
-from child import PAGE, page_bytes
+from child import PAGE, libc, page_bytes
 
 from _helpers import leftovers, own_state, region_at, user_space_end
 
@@ -231,6 +231,58 @@ def test_fixed_onto_own_source_range_is_refused():
             pvmmap.process_vm_mmap(os.getpid(), addr, 2 * PAGE, addr + PAGE, flags)
         assert info.value.errno == err
     assert buf[:4] == b"safe"
+
+
+NR_MSEAL = 462                  # x86_64, Linux 6.10+
+
+
+def sealed_pages(n, fill):
+    """n private pages filled with `fill`, sealed with mseal(): they stay
+    mapped until the process exits (a seal cannot be undone)."""
+    addr = libc.mmap(None, n * PAGE, 3, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value)
+    ctypes.memset(addr, fill, n * PAGE)
+    if libc.syscall(NR_MSEAL, ctypes.c_void_p(addr), ctypes.c_size_t(n * PAGE),
+                    ctypes.c_ulong(0)) != 0:
+        e = ctypes.get_errno()
+        libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(n * PAGE))
+        if e == errno.ENOSYS:
+            pytest.skip("no mseal() on this kernel (Linux 6.10+)")
+        raise OSError(e, os.strerror(e))
+    return addr
+
+
+def test_fixed_onto_a_sealed_range_is_eperm_and_leaves_it(anon):
+    """mseal()'s contract: the sealed range cannot be unmapped or replaced,
+    so FIXED onto it is EPERM, and the range and the caller stay as they
+    were; NOREPLACE is EEXIST as for any mapping."""
+    target = sealed_pages(2, 0x5A)
+    before = own_state()
+    with pytest.raises(PermissionError) as info:
+        pvmmap.process_vm_mmap(anon.pid, anon.addr["a"], 2 * PAGE, target, pvmmap.PVMMAP_FIXED)
+    assert info.value.errno == errno.EPERM
+    with pytest.raises(FileExistsError):
+        pvmmap.process_vm_mmap(anon.pid, anon.addr["a"], 2 * PAGE, target,
+                               pvmmap.PVMMAP_FIXED_NOREPLACE)
+    assert own_bytes(target, 2 * PAGE) == b"\x5a" * (2 * PAGE)
+    assert leftovers(before) == []
+
+
+def test_clone_of_a_sealed_range_is_not_sealed():
+    """The seal stays with the sealed mapping: a clone is a new mapping of
+    the caller, which may change and unmap it (Linux 6.12 port: VM_SEALED
+    is not inherited, like VM_LOCKED)."""
+    src = sealed_pages(2, 0x3C)
+    m = pvmmap.clone(os.getpid(), src, 2 * PAGE)
+    addr = m.address
+    assert m.tobytes() == b"\x3c" * (2 * PAGE)
+    m[0] = 0x11
+    assert own_bytes(src, 1) == b"\x3c"
+    assert libc.mprotect(addr, 2 * PAGE, 1) == 0, os.strerror(ctypes.get_errno())
+    m.close()
+    with open("/proc/self/maps") as f:
+        spans = [[int(x, 16) for x in line.split()[0].split("-")] for line in f]
+    assert not any(start <= addr < end for start, end in spans), "the clone is still mapped"
 
 
 def test_no_such_process_is_esrch():
