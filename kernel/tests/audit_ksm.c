@@ -14,10 +14,14 @@
  *     choice: KSM's rmap only finds a stable page at its merged address):
  *     not KSM, right bytes, the source still merged, its mapcount unchanged;
  *   - a clone at the source's own address shares the KSM page as fork()
- *     would, and a write on it CoWs correctly.
+ *     would, and a write on it CoWs correctly;
+ *   - KSM zero pages (use_zero_pages, 6.10+): a clone's are counted in the
+ *     caller's mm (/proc/PID/ksm_stat) and uncounted by a write and munmap.
  * TAP output; exit status 0 only if every check passed.
  */
 #include "audit.h"
+
+#include <limits.h>
 
 #define NP 16
 #define KSM_TIMEOUT 180.0
@@ -297,6 +301,79 @@ static void t_ksm_in_place_after_clone(void)
 	agent_do(&src, AG_MUNMAP, (unsigned long)s, len, 0);
 }
 
+/* "ksm_zero_pages N" of /proc/PID/ksm_stat; LONG_MIN if the kernel has none */
+static long ksm_stat_zero_pages(pid_t pid)
+{
+	char path[64], line[128];
+	long v = LONG_MIN;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/ksm_stat", pid ? pid : getpid());
+	f = fopen(path, "r");
+	if (!f)
+		return LONG_MIN;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, "ksm_zero_pages ", 15))
+			v = strtol(line + 15, NULL, 10);
+	fclose(f);
+	return v;
+}
+
+/*
+ * KSM-placed zero pages (use_zero_pages=1) are counted per mm since 6.10:
+ * /proc/PID/ksm_stat ksm_zero_pages and the sysfs total, decremented when
+ * such a PTE is unmapped or written.  fork() inherits the count with the
+ * mm; a clone must count the zero pages it maps in the caller's mm, or
+ * unmapping them there makes it negative (the 6.12 port does, in
+ * copy_present_ptes()).
+ */
+static void t_ksm_zero_pages(void)
+{
+	size_t len = NP * pg;
+	long z0, g0, zc, gc, n = 0;
+	char *s, *d;
+	double t0;
+
+	if (ksm_read("ksm_zero_pages") < 0 || ksm_stat_zero_pages(0) == LONG_MIN) {
+		skip("no per-mm KSM zero-page counts (Linux 6.10+)");
+		return;
+	}
+	REQUIRE(write_file(KSM "use_zero_pages", "1") == 0, "cannot set use_zero_pages");
+	s = (char *)agent_do(&src, AG_MMAP, len, 0, 0);
+	agent_do(&src, AG_MEMSET, (unsigned long)s, len, 0);	/* zero-filled, present */
+	agent_do(&src, AG_MADVISE, (unsigned long)s, len, MADV_MERGEABLE);
+	for (t0 = now(); now() - t0 < KSM_TIMEOUT; usleep(100000))
+		if ((n = ksm_stat_zero_pages(src.pid)) >= NP)
+			break;
+	note("the source's ksm_zero_pages: %ld after %.1f s", n, now() - t0);
+	REQUIRE(n >= NP, "only %ld of %d zero-filled source pages became KSM zero pages", n, NP);
+	write_file(KSM "run", "0");	/* nothing else merges while we count */
+	z0 = ksm_stat_zero_pages(0);
+	g0 = ksm_read("ksm_zero_pages");
+	d = clone_elsewhere(src.pid, s, len);
+	REQUIRE((long)d > 0, "clone: %s", strerror(errno));
+	CHECK(all_bytes(d, len, 0), "clone bytes");
+	CHECK(pfn_of(0, d) && kpf(pfn_of(0, d), KPF_ZERO_PAGE), "the clone does not map the zero page");
+	zc = ksm_stat_zero_pages(0);
+	gc = ksm_read("ksm_zero_pages");
+	note("caller's ksm_zero_pages %ld -> %ld, total %ld -> %ld after the clone", z0, zc, g0, gc);
+	CHECK(zc == z0 + NP, "caller's ksm_zero_pages %ld after cloning %d KSM zero pages (was %ld)", zc, NP, z0);
+	CHECK(gc == g0 + NP, "total ksm_zero_pages %ld after the clone (was %ld)", gc, g0);
+	d[0] = 1;	/* a write replaces one zero page: counted down once */
+	CHECK(ksm_stat_zero_pages(0) == z0 + NP - 1, "caller's ksm_zero_pages %ld after a write (want %ld)",
+	      ksm_stat_zero_pages(0), z0 + NP - 1);
+	munmap(d, len);
+	CHECK(ksm_stat_zero_pages(0) == z0, "caller's ksm_zero_pages %ld after munmap (want %ld)",
+	      ksm_stat_zero_pages(0), z0);
+	CHECK(ksm_read("ksm_zero_pages") == g0, "total ksm_zero_pages %ld after munmap (want %ld)",
+	      ksm_read("ksm_zero_pages"), g0);
+	CHECK(ksm_stat_zero_pages(src.pid) == n, "the source's count changed: %ld, was %ld",
+	      ksm_stat_zero_pages(src.pid), n);
+	agent_do(&src, AG_MUNMAP, (unsigned long)s, len, 0);
+	write_file(KSM "use_zero_pages", "0");
+	write_file(KSM "run", "1");
+}
+
 static void body(void)
 {
 	run("ksm: source and clone pages merge; writes on either side break the merge", t_merge_across);
@@ -304,6 +381,8 @@ static void body(void)
 	run("ksm: clone of KSM pages at the same address shares them (as fork), CoW", t_clone_ksm_same_address);
 	run("ksm: a page cloned elsewhere is not made a KSM page in place (KSM's rmap would miss the clone)",
 	    t_ksm_in_place_after_clone);
+	run("ksm: KSM zero pages a clone maps are counted in the caller's mm, and uncounted on unmap",
+	    t_ksm_zero_pages);
 }
 
 int main(void)
