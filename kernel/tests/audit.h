@@ -491,6 +491,7 @@ enum {
 	AG_FORK,	/* fork a child agent (one at a time) -> its pid */
 	AG_GETPID,
 	AG_EXIT,
+	AG_MMAP_AT,	/* a = addr, b = len: private anonymous, MAP_FIXED_NOREPLACE -> address or -errno */
 	AG_TO_CHILD = 0x100,	/* | op: forwarded to the forked child; AG_EXIT reaps it -> wait status */
 };
 
@@ -561,6 +562,12 @@ static void agent_loop(int in, int out)
 			break;
 		case AG_MMAP:
 			r = (long)(c.b ? map_aligned(c.a, c.b) : map_anon(c.a));
+			break;
+		case AG_MMAP_AT:
+			r = (long)mmap(p, c.b, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+			if (r == (long)MAP_FAILED)
+				r = -errno;
 			break;
 		case AG_FILL:
 			fill(p, c.b, c.c);

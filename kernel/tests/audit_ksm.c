@@ -140,7 +140,15 @@ static int make_ksm_source(void)
 	double t0 = now();
 	int merged;
 
-	ksm_src = (char *)agent_do(&src, AG_MMAP, len, 0, 0);
+	/*
+	 * Inside the tester's guard, so that a clone can be placed at the
+	 * source's own address (test 3): the siblings' free areas coincide,
+	 * and on 6.12 a small mmap of the agent lands where the tester has
+	 * mappings of its own.
+	 */
+	ksm_src = (char *)agent_do(&src, AG_MMAP_AT, (unsigned long)(guard + GUARD_LEN / 2), len, 0);
+	if ((long)ksm_src < 0)
+		ksm_src = (char *)agent_do(&src, AG_MMAP, len, 0, 0);
 	agent_do(&src, AG_MEMSET, (unsigned long)ksm_src, len, 0x77);
 	if (agent_do(&src, AG_MADVISE, (unsigned long)ksm_src, len, MADV_MERGEABLE))
 		return -1;
