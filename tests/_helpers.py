@@ -5,6 +5,7 @@ import errno
 import json
 import ctypes
 import os
+import time
 
 import pytest
 
@@ -467,3 +468,13 @@ def non_dumpable_child():
     finally:
         os.close(w)
         os.waitpid(gpid, 0)
+
+
+def settled(m, done):
+    """m.stats once done(stats) holds: a lazy mapping's counters are updated
+    by the server right after it wakes the faulting thread, so they may lag
+    a moment behind it (bounded wait, 10 s)."""
+    deadline = time.monotonic() + 10
+    while not done(m.stats) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return m.stats

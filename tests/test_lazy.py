@@ -21,7 +21,7 @@ import pytest
 import pvmmap
 from child import PAGE, Source, page_bytes, pattern
 
-from _helpers import (leftovers, own_state, present_bytes, run_unprivileged,
+from _helpers import (leftovers, own_state, present_bytes, run_unprivileged, settled,
                       thread_count, with_grandchild)
 
 MiB = 1 << 20
@@ -30,16 +30,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(pvmmap.features().uffd is None,
                                  reason="no userfaultfd: " + pvmmap.features().uffd_reason)]
-
-
-def settled(m, done):
-    """m.stats once done(stats) holds: the counters are updated by the
-    server right after it wakes the faulting thread, so they may lag a
-    moment behind it (bounded wait, 10 s)."""
-    deadline = time.monotonic() + 10
-    while not done(m.stats) and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return m.stats
 
 
 def lazy(clones, s, name, length=None, **kw):
